@@ -1,0 +1,1 @@
+"""Crystals in and out: files, CrystalBatch, datasets, elemental features."""
