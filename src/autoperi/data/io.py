@@ -304,9 +304,12 @@ def atoms_to_structure(atoms) -> Structure | str:
     """ASE Atoms (periodic in 3-D) to a Structure; `atoms.info` numbers become properties."""
     if not all(atoms.pbc) or abs(atoms.cell.volume) == 0:
         return "not periodic in all three directions (pbc/cell missing)"
+    # ASE's extxyz reader moves energy, free_energy, magmom from the comment line into a
+    # SinglePointCalculator: take scalar results back so they are not lost
+    results = getattr(atoms.calc, "results", None) or {}
     props = {
         k: (v.item() if isinstance(v, np.generic) else v)
-        for k, v in atoms.info.items()
+        for k, v in {**results, **atoms.info}.items()
         if isinstance(v, (int, float, str, np.number))
     }
     return Structure(
@@ -416,12 +419,12 @@ def _cif_text(structures: Sequence[Structure]) -> str:
     for k, s in enumerate(structures):
         text = str(CifWriter(s))
         name = f"data_{k}_{s.composition.reduced_formula}"
-        text = re.sub(r"^data_\S*", name, text, count=1, flags=re.MULTILINE)
         tags = [f"{_PROPERTY_TAG}{key}   {_cif_value(v)}"
                 for key, v in (s.properties or {}).items() if _cif_value(v) is not None]
-        if tags:
-            first, rest = text.split("\n", 1)
-            text = "\n".join([first, *tags, rest])
+        # tags go right after the data_ line: before it they would belong to no block (or to
+        # the previous block of a multi-block file)
+        text = re.sub(r"^data_\S*", lambda _: "\n".join([name, *tags]), text, count=1,
+                      flags=re.MULTILINE)
         blocks.append(text)
     return "\n".join(blocks)
 
@@ -539,5 +542,9 @@ def _iter_zip(data: bytes, source: str, limits: Limits) -> Iterator[Item]:
         if info.filename.lower().endswith(".gz"):
             import gzip
 
-            content = gzip.decompress(content)
+            try:
+                content = gzip.decompress(content)
+            except (OSError, EOFError) as exc:
+                yield member, "", f"not a valid gzip file ({exc})"
+                continue
         yield from _iter_bytes(content, member, fmt, limits)
