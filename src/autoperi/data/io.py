@@ -423,8 +423,8 @@ def _cif_text(structures: Sequence[Structure]) -> str:
                 for key, v in (s.properties or {}).items() if _cif_value(v) is not None]
         # tags go right after the data_ line: before it they would belong to no block (or to
         # the previous block of a multi-block file)
-        text = re.sub(r"^data_\S*", lambda _: "\n".join([name, *tags]), text, count=1,
-                      flags=re.MULTILINE)
+        data_line = re.search(r"^data_\S*", text, flags=re.MULTILINE)
+        text = text[: data_line.start()] + "\n".join([name, *tags]) + text[data_line.end() :]
         blocks.append(text)
     return "\n".join(blocks)
 
@@ -481,7 +481,14 @@ def _write_json(structures, path: Path) -> None:
 
 def _table(structures) -> pd.DataFrame:
     rows = [{"cif": _cif_text([s]), **(s.properties or {})} for s in structures]
-    return pd.DataFrame(rows, columns=_columns(rows))
+    table = pd.DataFrame(rows, columns=_columns(rows))
+    for column in table.columns[table.dtypes == object]:
+        present = table[column].notna()
+        if table.loc[present, column].map(type).nunique() > 1:
+            # parquet wants one type per column: a column mixing e.g. int and str ids (two
+            # datasets merged) becomes text, as it would after a CSV round trip
+            table.loc[present, column] = table.loc[present, column].map(str)
+    return table
 
 
 def _columns(rows) -> list[str]:
