@@ -71,7 +71,7 @@ def test_user_csv_dataset_is_built_cached_and_reloaded(tmp_path, monkeypatch):
     assert torch.all(d.crystals.properties["spacegroup"] >= 1)
     assert "band_gap" in d.crystals.properties
     # The second load comes from the cache, without reading or cleaning.
-    monkeypatch.setattr(datasets, "build_dataset", lambda c: pytest.fail("cache not used"))
+    monkeypatch.setattr(datasets, "build_dataset", lambda c, p=True: pytest.fail("cache not used"))
     again = load_dataset(str(SAMPLE), cache_dir=tmp_path, seed=1)
     assert np.array_equal(again.split, d.split) and again.ids == d.ids
     assert torch.equal(again.crystals.frac_coords, d.crystals.frac_coords)

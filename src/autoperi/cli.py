@@ -18,9 +18,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"autoperi {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
-    for module in (_convert, _dataset):
+    for module in (_convert, _dataset, _train, _sample, _csp):
         module.add(commands)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = extra
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.ERROR, format="%(levelname)s %(message)s"
     )
@@ -92,6 +95,143 @@ class _dataset:
 
             write_structures(dataset.structures(), args.export)
         return _report(dataset.problems, allow_skipped=True)
+
+
+class _train:
+    @staticmethod
+    def add(commands) -> None:
+        p = commands.add_parser(
+            "train", help="train a flow model",
+            description="Train a flow model. Any config field can be overridden after the "
+                        "options, e.g. --model.hidden_dim=256 --train.steps=5000.")
+        p.add_argument("config", help="YAML config (see configs/)")
+        p.add_argument("--out", required=True, help="run folder (checkpoints, logs, model)")
+        p.add_argument("--data", help="dataset name or path (overrides data.dataset)")
+        p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint")
+        p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+        p.add_argument("--seed", type=int, help="training seed (overrides train.seed)")
+        p.set_defaults(run=_train.run, accepts_overrides=True)
+
+    @staticmethod
+    def run(args) -> int:
+        from autoperi.config import Config, parse_overrides
+        from autoperi.train import train
+
+        overrides = parse_overrides(args.overrides)
+        if args.data:
+            overrides["data.dataset"] = args.data
+        if args.seed is not None:
+            overrides["train.seed"] = args.seed
+        config = Config.load(args.config).override(overrides)
+        out = train(config, args.out, resume=args.resume, device=args.device)
+        print(f"model written to {out / 'model'}")
+        return 0
+
+
+def _add_generation_options(p) -> None:
+    p.add_argument("--model", help="shipped model (mp-20, perov-5, carbon-24) or a model "
+                                   "folder / training run (default mp-20)")
+    p.add_argument("--out", required=True, help="output file (any writable format) or folder")
+    p.add_argument("--steps", type=int, default=50, help="ODE steps (50)")
+    p.add_argument("--method", choices=("euler", "heun"), default="heun", help="integrator")
+    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.add_argument("--batch-size", type=int, default=256, help="crystals per batch (256)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+
+
+def _write_generated(structures, args, seconds: float, extra: dict) -> None:
+    import json
+
+    from autoperi import __version__
+    from autoperi.atomic import atomic_path
+    from autoperi.checkpoint import resolve_model_path
+    from autoperi.data.io import write_structures
+
+    path = write_structures(structures, args.out)
+    model_dir = resolve_model_path(args.model)
+    meta = {
+        "autoperi_version": __version__, "command": args.command,
+        "model": str(args.model or "mp-20"),
+        "model_config": (model_dir / "config.yaml").read_text(),
+        "seed": args.seed, "steps": args.steps, "method": args.method,
+        "structures": len(structures), "seconds": round(seconds, 2), **extra,
+    }
+    with atomic_path(f"{path}.meta.json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=1))
+    print(f"wrote {len(structures)} structures to {path} in {seconds:.1f} s "
+          f"({len(structures) / seconds:.1f} structures/s); settings in {path}.meta.json")
+
+
+class _sample:
+    @staticmethod
+    def add(commands) -> None:
+        p = commands.add_parser("sample", help="generate new crystals (de novo)")
+        _add_generation_options(p)
+        p.add_argument("--num", type=int, default=16, help="number of crystals (16)")
+        p.add_argument("--target", action="append", default=[],
+                       help="property target, name=value or name=low:high (repeatable)")
+        p.add_argument("--guidance", type=float, default=1.0,
+                       help="classifier-free guidance scale (1 = conditional, >1 stronger)")
+        p.add_argument("--elements", help="comma-separated elements to build from (e.g. Cs,Sn,I)")
+        p.add_argument("--exclude", help="comma-separated elements never to use (e.g. Pb)")
+        p.add_argument("--num-atoms", type=int, help="atoms per cell (default: as in training)")
+        p.set_defaults(run=_sample.run)
+
+    @staticmethod
+    def run(args) -> int:
+        from autoperi.generate import parse_targets, sample, timed
+
+        split = lambda text: [s for s in (text or "").split(",") if s.strip()]  # noqa: E731
+        targets = parse_targets(args.target)
+        structures, seconds = timed(
+            sample, args.model, args.num, targets, args.guidance, split(args.elements),
+            split(args.exclude), args.num_atoms, args.steps, args.method, args.seed,
+            args.batch_size, args.device)
+        _write_generated(structures, args, seconds, {
+            "targets": targets, "guidance": args.guidance, "elements": args.elements,
+            "exclude": args.exclude, "num_atoms": args.num_atoms})
+        return 0
+
+
+class _csp:
+    @staticmethod
+    def add(commands) -> None:
+        p = commands.add_parser("csp", help="predict structures for given compositions")
+        p.add_argument("input", help="structures file (compositions are taken from it) or a "
+                                     "text file with one formula per line")
+        _add_generation_options(p)
+        p.add_argument("--samples-per-input", type=int, default=1, help="k structures each (1)")
+        p.set_defaults(run=_csp.run)
+
+    @staticmethod
+    def run(args) -> int:
+        from pathlib import Path
+
+        from autoperi.data.io import ReadError, read_structures
+        from autoperi.generate import predict_structures, timed
+
+        path = Path(args.input)
+        problems = []
+        if path.suffix.lower() in (".txt", ".formulas", ""):
+            if not path.is_file():
+                raise ValueError(f"{path}: no such file")
+            inputs = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
+            inputs = [line for line in inputs if line]
+        else:
+            try:
+                result = read_structures(path)
+            except ReadError as exc:
+                raise ValueError(str(exc)) from None
+            inputs, problems = result.structures, result.problems
+        code = _report(problems, allow_skipped=False)
+        if not inputs:
+            raise ValueError(f"{path}: no compositions to predict")
+        structures, seconds = timed(
+            predict_structures, inputs, args.model, args.samples_per_input, args.steps,
+            args.method, args.seed, args.batch_size, args.device)
+        _write_generated(structures, args, seconds, {
+            "input": str(path), "samples_per_input": args.samples_per_input})
+        return code
 
 
 if __name__ == "__main__":

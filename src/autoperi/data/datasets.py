@@ -159,6 +159,7 @@ def load_dataset(
     symprec: float = 0.1,
     max_atoms: int = 500,
     source: str = "bundled",
+    progress: bool = True,
 ) -> CrystalDataset:
     """A named dataset (see NAMED) or a user's file/folder (any format read_structures reads).
 
@@ -174,12 +175,12 @@ def load_dataset(
     folder = _cache_root(cache_dir) / f"{_slug(name)}-{_cache_key(config)}"
     if (folder / "meta.json").exists():
         return _load_cache(folder, config)
-    dataset = build_dataset(config)
+    dataset = build_dataset(config, progress)
     _save_cache(dataset, folder)
     return dataset
 
 
-def build_dataset(config: DatasetConfig) -> CrystalDataset:
+def build_dataset(config: DatasetConfig, progress: bool = True) -> CrystalDataset:
     """Read, clean, deduplicate and split (no cache)."""
     limits = Limits(max_atoms=config.max_atoms)
     structures, ids, problems = [], [], []
@@ -192,7 +193,7 @@ def build_dataset(config: DatasetConfig) -> CrystalDataset:
     cleaned, kept_ids, seen = [], [], set()
     duplicates = 0
     for s, ident in tqdm(list(zip(structures, ids)), desc=f"cleaning {config.name}",
-                         disable=len(structures) < 500):
+                         disable=len(structures) < 500 or not progress):
         try:
             c = clean_structure(s, config.clean)
         except Exception as exc:  # noqa: BLE001 - spglib/pymatgen failures are per structure

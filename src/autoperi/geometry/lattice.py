@@ -33,24 +33,26 @@ def heights(lattice: Tensor) -> Tensor:
     return volume(lattice).abs().unsqueeze(-1) / torch.linalg.norm(cross, dim=-1)
 
 
+def lattice_cosines(lattice: Tensor) -> Tensor:
+    """cos(alpha), cos(beta), cos(gamma) of the cell angles, [B, 3] (no arccos: smooth)."""
+    unit = lattice / torch.linalg.norm(lattice, dim=-1, keepdim=True)
+    a, b, c = unit.unbind(dim=-2)
+    return torch.stack([(b * c).sum(-1), (a * c).sum(-1), (a * b).sum(-1)], dim=-1)
+
+
 def lattice_to_params(lattice: Tensor) -> tuple[Tensor, Tensor]:
     """Lengths (a, b, c) in Å and angles (alpha, beta, gamma) in radians, each [B, 3]."""
     lengths = torch.linalg.norm(lattice, dim=-1)
-    a, b, c = lattice.unbind(dim=-2)
-
-    def angle(u: Tensor, v: Tensor) -> Tensor:
-        cos = (u * v).sum(-1) / (torch.linalg.norm(u, dim=-1) * torch.linalg.norm(v, dim=-1))
-        return torch.arccos(cos.clamp(-1.0, 1.0))
-
-    angles = torch.stack([angle(b, c), angle(a, c), angle(a, b)], dim=-1)
-    return lengths, angles
+    return lengths, torch.arccos(lattice_cosines(lattice).clamp(-1.0, 1.0))
 
 
-def params_to_lattice(lengths: Tensor, angles: Tensor) -> Tensor:
+def params_to_lattice(lengths: Tensor, angles: Tensor, min_height: float = 0.0) -> Tensor:
     """Lattice [B, 3, 3] in the standard orientation (a along x, b in the xy plane).
 
     lengths in Å, angles (alpha, beta, gamma) in radians, each [B, 3]. Inverse of
-    `lattice_to_params` up to a rotation.
+    `lattice_to_params` up to a rotation. Angles that admit no cell (e.g. alpha + beta <
+    gamma) give a flat cell; `min_height` (fraction of c) keeps such cells from collapsing,
+    which generators need for finite gradients.
     """
     alpha, beta, gamma = angles.unbind(-1)
     cos_a, cos_b, cos_g = torch.cos(alpha), torch.cos(beta), torch.cos(gamma)
@@ -58,7 +60,7 @@ def params_to_lattice(lengths: Tensor, angles: Tensor) -> Tensor:
     zeros = torch.zeros_like(cos_a)
     cx = cos_b
     cy = (cos_a - cos_b * cos_g) / sin_g
-    cz = torch.sqrt((1.0 - cx**2 - cy**2).clamp_min(0.0))
+    cz = torch.sqrt((1.0 - cx**2 - cy**2).clamp_min(min_height**2))
     a_vec = torch.stack([torch.ones_like(cos_a), zeros, zeros], -1)
     b_vec = torch.stack([cos_g, sin_g, zeros], -1)
     c_vec = torch.stack([cx, cy, cz], -1)

@@ -1,0 +1,169 @@
+"""Configuration: frozen dataclasses whose defaults train something sensible.
+
+A YAML file is a complete snapshot (every field); command lines override single fields with
+dotted names (`--model.hidden_dim=256`). The resolved config is saved with every checkpoint
+and output, so a run can be reproduced from its folder alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "perov-5"  # named dataset or a path read_structures understands
+    properties: tuple[str, ...] = ()  # properties to condition on / predict
+    energy_property: str = ""  # property the stability surrogate learns ("" = none)
+    max_atoms: int = 60
+    seed: int = 0  # split seed
+    symprec: float = 0.1
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    hidden_dim: int = 128
+    num_layers: int = 4
+    graph: str = "dense"  # "dense": all atom pairs in the cell; "radius": periodic radius graph
+    cutoff: float = 6.0  # Å, radius graph only
+    max_neighbors: int = 24  # radius graph only
+    num_frequencies: int = 8  # Fourier features of fractional offsets per axis
+    num_radial: int = 32  # radial basis functions of the shortest image distance
+    lattice_aware: bool = True  # feed lattice invariants (Gram matrix) into every message
+    element_features: bool = True  # add Magpie elemental features to atom embeddings
+    lattice_latent_dim: int = 8  # rows of the d x 3 lattice-aware latent
+    condition_dropout: float = 0.2  # classifier-free guidance: P(condition hidden) per property
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    generate_types: bool = True  # de novo (types generated) vs CSP only (types given)
+    csp_fraction: float = 0.5  # share of training crystals whose types are given
+    lambda_frac: float = 1.0
+    lambda_lattice: float = 1.0
+    lambda_types: float = 1.0
+    lambda_recon: float = 0.1  # periodic Chamfer of the predicted clean structure
+    lambda_property: float = 1.0  # MAE of property heads
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 20000
+    batch_size: int = 128
+    lr: float = 1e-4
+    weight_decay: float = 1e-3
+    warmup_steps: int = 500
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    precision: str = "fp32"  # "fp32" or "bf16" (autocast where the device supports it)
+    val_every: int = 500
+    checkpoint_every: int = 1000
+    log_every: int = 50
+    seed: int = 0
+    num_threads: int = 1
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    steps: int = 50
+    method: str = "heun"  # "euler" or "heun"
+    guidance: float = 1.0  # classifier-free guidance scale (1 = plain conditional)
+    batch_size: int = 256
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def to_dict(self) -> dict:
+        return _to_plain(dataclasses.asdict(self))
+
+    def override(self, dotted: dict[str, str | object]) -> Config:
+        """A copy with `section.field` values replaced (strings are parsed by field type)."""
+        sections = {s.name: getattr(self, s.name) for s in dataclasses.fields(self)}
+        for key, value in dotted.items():
+            section, _, name = key.partition(".")
+            if section not in sections or not name:
+                raise ValueError(f"unknown config key {key!r}; use section.field, e.g. "
+                                 "model.hidden_dim")
+            current = sections[section]
+            types = typing.get_type_hints(type(current))
+            if name not in types:
+                raise ValueError(f"unknown config key {key!r}; {section} has "
+                                 f"{', '.join(types)}")
+            sections[section] = dataclasses.replace(current, **{name: _parse(value, types[name],
+                                                                             key)})
+        return Config(**sections)
+
+    @staticmethod
+    def from_dict(data: dict) -> Config:
+        flat = {f"{s}.{k}": v for s, fields in (data or {}).items() for k, v in fields.items()}
+        return Config().override(flat)
+
+    def save(self, path: str | Path) -> None:
+        from autoperi.atomic import atomic_path
+
+        with atomic_path(path) as tmp:
+            tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @staticmethod
+    def load(path: str | Path) -> Config:
+        return Config.from_dict(yaml.safe_load(Path(path).read_text()))
+
+
+def parse_overrides(args: list[str]) -> dict[str, str]:
+    """`--model.hidden_dim=256` or `--model.hidden_dim 256` -> {"model.hidden_dim": "256"}."""
+    out, k = {}, 0
+    while k < len(args):
+        arg = args[k]
+        if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
+            raise ValueError(f"unexpected argument {arg!r}; overrides look like --model.hidden_dim=256")
+        if "=" in arg:
+            key, value = arg[2:].split("=", 1)
+        elif k + 1 < len(args):
+            key, value = arg[2:], args[k + 1]
+            k += 1
+        else:
+            raise ValueError(f"{arg} needs a value")
+        out[key] = value
+        k += 1
+    return out
+
+
+def _parse(value, kind, key: str):
+    if not isinstance(value, str):
+        return tuple(value) if typing.get_origin(kind) is tuple else value
+    try:
+        if kind is bool:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if kind is int:
+            return int(value)
+        if kind is float:
+            return float(value)
+        if typing.get_origin(kind) is tuple:
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"{key}: cannot read {value!r} as {getattr(kind, '__name__', kind)}")
+    return value
+
+
+def _to_plain(value):
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_to_plain(v) for v in value]
+    return value

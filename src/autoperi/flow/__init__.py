@@ -1,0 +1,1 @@
+"""Flow matching on (lattice, fractional coordinates, atom types)."""

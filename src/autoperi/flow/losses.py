@@ -1,0 +1,122 @@
+"""Training objective: flow-matching terms plus auxiliary losses, each a pure function.
+
+`training_losses` draws times and prior samples, builds the noisy state, runs the model once
+and returns every term (unweighted) and the weighted total, so ablations switch terms by
+their lambda alone.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from autoperi.config import FlowConfig
+from autoperi.data.crystal import CrystalBatch
+from autoperi.flow.model import FlowModel
+from autoperi.flow.paths import lattice_to_y, linear_path, remove_mean, torus_path
+from autoperi.geometry.graph import dense_graph
+from autoperi.geometry.torus import shortest_displacement, wrap
+
+
+def torus_velocity_loss(pred: Tensor, target: Tensor, crystal_idx: Tensor, b: int) -> Tensor:
+    """MSE between velocities after removing each crystal's mean (translation gauge)."""
+    return F.mse_loss(pred, remove_mean(target, crystal_idx, b))
+
+
+def periodic_chamfer(x_pred: Tensor, x_true: Tensor, lattice: Tensor,
+                     num_atoms: Tensor) -> Tensor:
+    """Symmetric Chamfer distance (Å) between predicted and true atoms of each crystal,
+    with periodic (shortest-image) distances in the true lattice; mean over crystals."""
+    b = len(num_atoms)
+    crystal_idx = torch.repeat_interleave(torch.arange(b, device=num_atoms.device), num_atoms)
+    true_j, pred_i = dense_graph(num_atoms).edge_index
+    delta = shortest_displacement(x_pred[pred_i] - x_true[true_j])
+    dist = torch.linalg.norm(torch.einsum("ei,eij->ej", delta, lattice[crystal_idx[pred_i]]),
+                             dim=-1)  # [E]
+    inf = torch.full((len(x_pred),), float("inf"), dtype=dist.dtype, device=dist.device)
+    to_true = inf.scatter_reduce(0, pred_i, dist, "amin")  # nearest true atom per prediction
+    to_pred = inf.scatter_reduce(0, true_j, dist, "amin")  # nearest prediction per true atom
+    per_atom = 0.5 * (to_true + to_pred)
+    total = torch.zeros(b, dtype=dist.dtype, device=dist.device).index_add(0, crystal_idx,
+                                                                           per_atom)
+    return (total / num_atoms).mean()
+
+
+def masked_mae(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Mean absolute error over entries where mask is True (0 if none)."""
+    if not bool(mask.any()):
+        return pred.sum() * 0.0
+    return (pred - torch.nan_to_num(target)).abs()[mask].mean()
+
+
+def training_losses(model: FlowModel, batch: CrystalBatch, flow: FlowConfig,
+                    condition_dropout: float, generator: torch.Generator) -> dict[str, Tensor]:
+    """All loss terms for one batch of clean crystals; key "loss" is the weighted total."""
+    stats = model.stats
+    device = batch.frac_coords.device
+    b, n = batch.num_crystals, batch.frac_coords.shape[0]
+    crystal_idx = batch.crystal_idx
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=generator).to(device)
+
+    # Times and which crystals are structure prediction (types given).
+    t = rand(b)
+    csp = rand(b) < (flow.csp_fraction if flow.generate_types else 1.0)
+    t_types = torch.where(csp, torch.ones_like(t), t)
+
+    # Clean data, prior samples, interpolants.
+    x1 = batch.frac_coords.float()
+    y1 = lattice_to_y(batch.lattice.double()).float()
+    types = stats.type_index(batch.atomic_numbers)
+    onehot = F.one_hot(types, len(stats.vocab)).float()
+    x0 = rand(n, 3)
+    y0_denovo = stats.lattice_prior.sample(batch.num_atoms, None, generator).to(device)
+    y0_csp = stats.lattice_prior.sample(batch.num_atoms, batch.atomic_numbers, generator).to(device)
+    y0 = torch.where(csp[:, None], y0_csp, y0_denovo)
+    noise = torch.randn(n, len(stats.vocab), generator=generator).to(device)
+    xt, u_frac = torus_path(x0, x1, t[crystal_idx])
+    yt, u_lattice = linear_path(y0, y1, t)
+    type_t, _ = linear_path(noise, onehot, t_types[crystal_idx])
+
+    # Conditions: known values, hidden per crystal (all at once) or per property.
+    names = stats.conditions
+    scaled = stats.scaler.transform({k: batch.properties[k].float() for k in stats.heads})
+    values = (torch.stack([scaled[k] for k in names], 1) if names
+              else torch.zeros(b, 0, device=device))
+    drop_all = rand(b) < condition_dropout
+    drop_one = rand(b, len(names)) < condition_dropout
+    mask = ~torch.isnan(values) & ~drop_all[:, None] & ~drop_one
+
+    out = model(type_t, xt, yt, batch.num_atoms, t, t_types, values, mask)
+    losses = {
+        "frac": torus_velocity_loss(out.frac_velocity, u_frac, crystal_idx, b),
+        "lattice": F.mse_loss(out.lattice_velocity, u_lattice),
+    }
+    denovo_atoms = ~csp[crystal_idx]
+    if flow.generate_types and bool(denovo_atoms.any()):
+        losses["types"] = F.cross_entropy(out.type_logits[denovo_atoms], types[denovo_atoms])
+    else:
+        losses["types"] = out.type_logits.sum() * 0.0
+
+    # Predicted clean structure: one Euler step to t = 1 (the gauge mean restored).
+    gauge = u_frac - remove_mean(u_frac, crystal_idx, b)
+    x1_pred = wrap(xt + (1 - t)[crystal_idx, None] * (out.frac_velocity + gauge))
+    losses["recon"] = periodic_chamfer(x1_pred, x1, batch.lattice.float(), batch.num_atoms)
+
+    # Property heads learn from crystals that saw no condition (no leak of the answer),
+    # weighted towards clean states where a prediction is meaningful.
+    if stats.heads:
+        target = torch.stack([scaled[k] for k in stats.heads], 1)
+        known = ~torch.isnan(target) & (drop_all | (len(names) == 0))[:, None]
+        weight = t[:, None].expand_as(target)
+        losses["property"] = masked_mae(out.properties * weight, target * weight, known)
+    else:
+        losses["property"] = out.properties.sum() * 0.0
+
+    lambdas = {"frac": flow.lambda_frac, "lattice": flow.lambda_lattice,
+               "types": flow.lambda_types, "recon": flow.lambda_recon,
+               "property": flow.lambda_property}
+    losses["loss"] = sum(lambdas[k] * losses[k] for k in lambdas)
+    return losses

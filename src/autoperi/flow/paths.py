@@ -1,0 +1,48 @@
+"""Per-component interpolants between prior (t = 0) and data (t = 1) and their velocities.
+
+* fractional coordinates: geodesics on the flat torus, constant velocity;
+* lattice: straight lines in y = (log a, log b, log c, alpha, beta, gamma), a rotation-
+  invariant parametrisation (lengths in Å, angles in radians);
+* atom types: straight lines from Gaussian noise to one-hot vectors over the vocabulary.
+"""
+
+import math
+
+import torch
+from torch import Tensor
+
+from autoperi.geometry.lattice import lattice_to_params, params_to_lattice
+from autoperi.geometry.torus import shortest_displacement, wrap
+
+MIN_ANGLE, MAX_ANGLE = math.radians(20.0), math.radians(160.0)
+
+
+def lattice_to_y(lattice: Tensor) -> Tensor:
+    """[B, 3, 3] -> [B, 6] (log lengths, angles in radians)."""
+    lengths, angles = lattice_to_params(lattice)
+    return torch.cat([torch.log(lengths), angles], dim=-1)
+
+
+def y_to_lattice(y: Tensor) -> Tensor:
+    """[B, 6] -> [B, 3, 3] in the standard orientation; angles clamped to [20, 160] degrees
+    and the cell kept at least 0.1 c high, so every state of a flow is a real cell."""
+    return params_to_lattice(torch.exp(y[:, :3]), y[:, 3:].clamp(MIN_ANGLE, MAX_ANGLE), 0.1)
+
+
+def torus_path(x0: Tensor, x1: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """Point at time t [N] on the shortest geodesic from x0 to x1 [N, 3], and its velocity."""
+    velocity = shortest_displacement(x1 - x0)
+    return wrap(x0 + t[:, None] * velocity), velocity
+
+
+def linear_path(x0: Tensor, x1: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """(1 - t) x0 + t x1 for t [rows], and its velocity x1 - x0."""
+    return x0 + t[:, None] * (x1 - x0), x1 - x0
+
+
+def remove_mean(v: Tensor, crystal_idx: Tensor, num_crystals: int) -> Tensor:
+    """v minus its per-crystal mean: a common translation of all atoms is a gauge."""
+    total = torch.zeros(num_crystals, v.shape[1], dtype=v.dtype, device=v.device)
+    total = total.index_add(0, crystal_idx, v)
+    count = torch.bincount(crystal_idx, minlength=num_crystals).clamp_min(1).to(v.dtype)
+    return v - (total / count[:, None])[crystal_idx]
