@@ -86,9 +86,13 @@ def train(config: Config, out: str | Path, resume: bool = False,
     torch.set_num_threads(config.train.num_threads)
     torch.manual_seed(config.train.seed)
 
+    if rank != 0:
+        dist.barrier()  # rank 0 builds the dataset cache first; the others read it
     dataset = load_dataset(config.data.dataset, seed=config.data.seed,
                            symprec=config.data.symprec, max_atoms=config.data.max_atoms,
                            progress=progress and rank == 0)
+    if rank == 0 and world > 1:
+        dist.barrier()
     stats = data_stats(dataset, config)
     model = FlowModel(config.model, stats).to(device)
     ddp_model = (torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model)

@@ -53,7 +53,7 @@ def masked_mae(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
 def training_losses(model: FlowModel, batch: CrystalBatch, flow: FlowConfig,
                     condition_dropout: float, generator: torch.Generator) -> dict[str, Tensor]:
     """All loss terms for one batch of clean crystals; key "loss" is the weighted total."""
-    stats = model.stats
+    stats = getattr(model, "module", model).stats  # through a DDP wrapper
     device = batch.frac_coords.device
     b, n = batch.num_crystals, batch.frac_coords.shape[0]
     crystal_idx = batch.crystal_idx

@@ -46,13 +46,17 @@ class LatticePrior:
         y = lattice_to_y(lattice)
         expected = torch.log(reference * torch.exp(torch.tensor(log_ratio))) / 3.0
         offsets = y[:, :3] - expected[:, None]
+
+        def spread(x: Tensor) -> Tensor:  # std, with a floor (and a guess for one crystal)
+            return (x.std(0) if len(x) > 1 else torch.full((3,), 0.1)).clamp_min(0.02)
+
         return LatticePrior(
             log_volume_ratio=log_ratio,
             mean_atom_volume=float((volume / num_atoms).mean()),
             length_offset=tuple(offsets.mean(0).tolist()),
-            length_std=tuple(offsets.std(0).clamp_min(0.02).tolist()),
+            length_std=tuple(spread(offsets).tolist()),
             angle_mean=tuple(y[:, 3:].mean(0).tolist()),
-            angle_std=tuple(y[:, 3:].std(0).clamp_min(0.02).tolist()),
+            angle_std=tuple(spread(y[:, 3:]).tolist()),
         )
 
     def mean(self, num_atoms: Tensor, atomic_numbers: Tensor | None = None) -> Tensor:

@@ -232,7 +232,8 @@ def _torch_search(frac: Tensor, lat: Tensor, counts: Tensor, cutoff: float):
     table_base = 0
     chunks = []  # (pairs, local pair of each edge, table row of each edge)
     crystal_lo, pair_lo = 0, 0
-    for shape, num_group_crystals, num_group_pairs in zip(shapes, group_crystals, group_pairs):
+    groups = zip(shapes, group_crystals, group_pairs, strict=True)
+    for shape, num_group_crystals, num_group_pairs in groups:
         crystals = crystal_order[crystal_lo : crystal_lo + num_group_crystals]
         pairs = pair_order[pair_lo : pair_lo + num_group_pairs]
         crystal_lo += num_group_crystals
@@ -352,7 +353,7 @@ def _window_groups(size: Tensor, pairs: Tensor) -> tuple[list[list[int]], Tensor
     for k in sorted(range(len(keys)), key=lambda k: -volume(keys[k])):
         best, best_cost = -1, _GROUP_COST + key_pairs[k] * volume(keys[k])
         for g, shape in enumerate(shapes):
-            merged = [max(a, b) for a, b in zip(shape, keys[k])]
+            merged = [max(a, b) for a, b in zip(shape, keys[k], strict=True)]
             cost = (group_pairs[g] + key_pairs[k]) * volume(merged)
             cost -= group_pairs[g] * volume(shape)
             if cost < best_cost:
@@ -361,7 +362,7 @@ def _window_groups(size: Tensor, pairs: Tensor) -> tuple[list[list[int]], Tensor
             shapes.append(list(keys[k]))
             group_pairs.append(0)
             best = len(shapes) - 1
-        shapes[best] = [max(a, b) for a, b in zip(shapes[best], keys[k])]
+        shapes[best] = [max(a, b) for a, b in zip(shapes[best], keys[k], strict=True)]
         group_pairs[best] += key_pairs[k]
         group_of_key[k] = best
     group = torch.tensor(group_of_key, dtype=torch.long, device=size.device)

@@ -1,0 +1,213 @@
+"""Flow components against exact answers: paths, priors, losses and the sampler with a known
+velocity field (no training)."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from autoperi.config import FlowConfig, ModelConfig
+from autoperi.data.crystal import CrystalBatch
+from autoperi.data.features import PropertyScaler
+from autoperi.flow.losses import masked_mae, periodic_chamfer, training_losses
+from autoperi.flow.model import DataStats, FlowModel, FlowOutput
+from autoperi.flow.paths import (
+    lattice_to_y,
+    linear_path,
+    remove_mean,
+    torus_path,
+    y_to_lattice,
+)
+from autoperi.flow.priors import AtomCountPrior, LatticePrior
+from autoperi.flow.sampler import Request, sample_flow
+from autoperi.geometry.lattice import lattice_to_params
+from autoperi.geometry.torus import shortest_displacement
+from autoperi.testing import canonical_crystals, random_batch
+
+
+def stats_for(batch: CrystalBatch, conditions=(), heads=()) -> DataStats:
+    return DataStats(
+        vocab=tuple(sorted(set(batch.atomic_numbers.tolist()))), conditions=tuple(conditions),
+        heads=tuple(heads), energy_property="",
+        scaler=PropertyScaler.fit({h: batch.properties[h] for h in heads}) if heads
+        else PropertyScaler((), (), ()),
+        lattice_prior=LatticePrior.fit(batch.lattice, batch.atomic_numbers, batch.num_atoms),
+        atom_count_prior=AtomCountPrior.fit(batch.num_atoms),
+    )
+
+
+def test_torus_path_ends_and_takes_the_short_way():
+    x0 = torch.tensor([[0.9, 0.1, 0.5]])
+    x1 = torch.tensor([[0.1, 0.9, 0.5]])
+    xt, v = torus_path(x0, x1, torch.tensor([0.5]))
+    assert torch.allclose(v, torch.tensor([[0.2, -0.2, 0.0]]), atol=1e-6)  # across the border
+    assert torch.allclose(xt, torch.tensor([[0.0, 0.0, 0.5]]), atol=1e-6)
+    end, _ = torus_path(x0, x1, torch.tensor([1.0]))
+    assert torch.allclose(shortest_displacement(end - x1), torch.zeros(1, 3), atol=1e-6)
+
+
+def test_linear_path_and_mean_removal():
+    a, b = torch.zeros(2, 3), torch.ones(2, 3)
+    xt, v = linear_path(a, b, torch.tensor([0.25, 1.0]))
+    assert torch.allclose(xt[0], torch.full((3,), 0.25)) and torch.equal(xt[1], b[1])
+    v = torch.tensor([[1.0, 0, 0], [3.0, 0, 0], [5.0, 1, 1]])
+    out = remove_mean(v, torch.tensor([0, 0, 1]), 2)
+    assert torch.allclose(out, torch.tensor([[-1.0, 0, 0], [1.0, 0, 0], [0.0, 0, 0]]))
+
+
+def test_lattice_parametrisation_round_trip_is_rotation_invariant():
+    batch = random_batch(6, seed=1)
+    y = lattice_to_y(batch.lattice)
+    back = y_to_lattice(y)
+    for original, rebuilt in zip(lattice_to_params(batch.lattice), lattice_to_params(back)):
+        assert torch.allclose(original, rebuilt, atol=1e-6)
+    q, _ = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64))
+    assert torch.allclose(lattice_to_y(batch.lattice @ q), y, atol=1e-9)
+
+
+def test_y_to_lattice_never_collapses():
+    impossible = torch.tensor([[1.0, 1.0, 1.0, 0.4, 0.4, 2.9]])  # alpha + beta < gamma
+    lattice = y_to_lattice(impossible)
+    assert torch.linalg.det(lattice).abs() > 0.1 * math.e**3 * 0.05
+
+
+def test_lattice_prior_recovers_the_volume_of_known_crystals():
+    crystals = list(canonical_crystals().values())
+    batch = CrystalBatch.from_structures(crystals, dtype=torch.float64)
+    prior = LatticePrior.fit(batch.lattice, batch.atomic_numbers, batch.num_atoms)
+    mean = prior.mean(batch.num_atoms, batch.atomic_numbers)
+    # Composition-aware mean volume (from the length mean) within a factor 2 of the truth.
+    predicted = torch.exp(mean[:, :3].sum(-1).double())
+    true = torch.linalg.det(batch.lattice).abs()
+    assert torch.all((predicted / true).log().abs() < math.log(2.0))
+    y0 = prior.sample(batch.num_atoms, None, torch.Generator().manual_seed(0))
+    assert y0.shape == (len(crystals), 6) and torch.isfinite(y0).all()
+    assert LatticePrior.from_dict(prior.to_dict()) == prior
+
+
+def test_atom_count_prior_samples_only_seen_counts():
+    prior = AtomCountPrior.fit(torch.tensor([4, 4, 6]))
+    draws = prior.sample(1000, torch.Generator().manual_seed(0))
+    assert set(draws.tolist()) == {4, 6}
+    assert abs((draws == 4).float().mean() - 2 / 3) < 0.05
+
+
+def test_periodic_chamfer_exact_values():
+    lattice = (4.0 * torch.eye(3))[None]
+    x = torch.tensor([[0.0, 0.0, 0.0], [0.5, 0.5, 0.5]])
+    n = torch.tensor([2])
+    assert periodic_chamfer(x, x, lattice, n) == 0
+    # A permutation and a wrap across the border do not count.
+    moved = torch.tensor([[0.5, 0.5, 0.5], [0.999, 0.0, 0.0]])
+    assert periodic_chamfer(moved, x, lattice, n) < 0.005
+    # Shifting one atom by 0.1 (0.4 Å): each direction sees 0.4 Å for that atom.
+    off = torch.tensor([[0.1, 0.0, 0.0], [0.5, 0.5, 0.5]])
+    assert periodic_chamfer(off, x, lattice, n) == pytest.approx(0.2, abs=1e-5)
+
+
+def test_masked_mae():
+    pred, target = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.0, float("nan"), 5.0])
+    assert masked_mae(pred, target, ~target.isnan()) == pytest.approx(1.5)
+    assert masked_mae(pred, target, torch.zeros(3, dtype=torch.bool)) == 0
+
+
+class ExactField(nn.Module):
+    """The exact conditional velocity towards one known crystal (per batch position)."""
+
+    def __init__(self, target: CrystalBatch, stats: DataStats):
+        super().__init__()
+        self.target, self.stats = target, stats
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, type_state, frac, y, num_atoms, t, t_types, values=None, mask=None):
+        tt = t[:, None]
+        crystal_idx = self.target.crystal_idx
+        v_frac = shortest_displacement(self.target.frac_coords - frac) / (1 - tt[crystal_idx])
+        v_frac = remove_mean(v_frac, crystal_idx, len(num_atoms))
+        v_lat = (lattice_to_y(self.target.lattice) - y) / (1 - tt)
+        index = self.stats.type_index(self.target.atomic_numbers)
+        logits = 50.0 * torch.nn.functional.one_hot(index, len(self.stats.vocab)).float()
+        return FlowOutput(v_frac, v_lat, logits, torch.zeros(len(num_atoms), 0))
+
+
+@pytest.mark.parametrize("method,steps", [("euler", 1), ("euler", 7), ("heun", 5)])
+def test_sampler_reaches_the_target_of_an_exact_field(method, steps):
+    crystals = canonical_crystals()
+    target = CrystalBatch.from_structures([crystals["perovskite_SrTiO3"], crystals["hcp_Mg"]])
+    stats = stats_for(target)
+    field = ExactField(target, stats)
+    out, path = sample_flow(field, Request(target.num_atoms), steps, method,
+                            generator=torch.Generator().manual_seed(0), trajectory=True)
+    assert len(path) == steps
+    assert torch.equal(out.atomic_numbers, target.atomic_numbers)
+    for a, b in zip(lattice_to_params(out.lattice), lattice_to_params(target.lattice)):
+        assert torch.allclose(a, b, atol=1e-4)
+    # Positions agree up to one common translation per crystal (the gauge).
+    diff = shortest_displacement(out.frac_coords - target.frac_coords)
+    diff = diff - remove_mean(diff, target.crystal_idx, 2)
+    spread = shortest_displacement(out.frac_coords - target.frac_coords - diff)
+    assert spread.abs().max() < 1e-4
+
+
+def test_sampler_csp_keeps_types_and_respects_element_mask():
+    crystals = canonical_crystals()
+    target = CrystalBatch.from_structures([crystals["perovskite_SrTiO3"]])
+    stats = stats_for(target)
+    field = ExactField(target, stats)
+    out, _ = sample_flow(field, Request(target.num_atoms, target.atomic_numbers), 3, "euler")
+    assert torch.equal(out.atomic_numbers, target.atomic_numbers)
+    # Forbid oxygen: the field wants O but the mask must win.
+    allowed = torch.tensor([z != 8 for z in stats.vocab])
+    out, _ = sample_flow(field, Request(target.num_atoms, allowed=allowed), 3, "euler")
+    assert 8 not in out.atomic_numbers.tolist()
+
+
+def test_training_losses_are_finite_and_switchable():
+    batch = CrystalBatch.from_structures(list(canonical_crystals().values()))
+    batch = batch.replace(properties={"gap": torch.tensor([0.0, 0.0, 5.0, 5.5, 3.2, 0.0])})
+    stats = stats_for(batch, conditions=("gap",), heads=("gap",))
+    torch.manual_seed(0)
+    model = FlowModel(ModelConfig(hidden_dim=16, num_layers=1), stats)
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    losses = training_losses(model, batch, FlowConfig(), 0.5, g())
+    assert all(torch.isfinite(v) for v in losses.values())
+    weighted = sum(getattr(FlowConfig(), f"lambda_{k}") * losses[k]
+                   for k in ("frac", "lattice", "types", "recon", "property"))
+    assert torch.allclose(losses["loss"], weighted)
+    only_frac = FlowConfig(lambda_lattice=0, lambda_types=0, lambda_recon=0, lambda_property=0)
+    assert torch.allclose(training_losses(model, batch, only_frac, 0.5, g())["loss"],
+                          losses["frac"])
+    # CSP-only training has no type loss; the same seed gives the same losses.
+    csp = training_losses(model, batch, FlowConfig(generate_types=False), 0.5, g())
+    assert csp["types"] == 0
+    again = training_losses(model, batch, FlowConfig(), 0.5, g())
+    assert torch.equal(again["loss"], losses["loss"])
+
+
+def test_flow_model_symmetries():
+    from autoperi.testing import permute, random_rotation
+
+    batch = random_batch(3, seed=5, dtype=torch.float32)
+    batch = batch.replace(atomic_numbers=(batch.atomic_numbers % 3) + 1)
+    stats = stats_for(batch)
+    torch.manual_seed(0)
+    model = FlowModel(ModelConfig(hidden_dim=16, num_layers=2), stats).eval()
+    k = len(stats.vocab)
+    types = torch.nn.functional.one_hot(stats.type_index(batch.atomic_numbers), k).float()
+    y, t = lattice_to_y(batch.lattice), torch.full((3,), 0.3)
+
+    def run(b, ty):
+        return model(ty, b.frac_coords, lattice_to_y(b.lattice), b.num_atoms, t, t)
+
+    base = run(batch, types)
+    assert torch.allclose(remove_mean(base.frac_velocity, batch.crystal_idx, 3),
+                          base.frac_velocity, atol=1e-6)  # translation gauge removed
+    rotated = batch.replace(lattice=batch.lattice @ random_rotation(2, torch.float32).T)
+    assert torch.allclose(run(rotated, types).lattice_velocity, base.lattice_velocity,
+                          atol=1e-4)
+    moved, perm = permute(batch, seed=1)
+    out = run(moved, types[perm])
+    assert torch.allclose(out.frac_velocity, base.frac_velocity[perm], atol=1e-5)
+    assert torch.allclose(out.type_logits, base.type_logits[perm], atol=1e-5)
+    assert torch.allclose(y, lattice_to_y(rotated.lattice), atol=1e-4)

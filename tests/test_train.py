@@ -1,0 +1,107 @@
+"""Training: a tiny real run, bit-exact resume, two-process DDP on CPU, model folders."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from autoperi import checkpoint
+from autoperi.checkpoint import load_model
+from autoperi.config import Config
+from autoperi.train import batch_indices, learning_rate, train
+
+SAMPLE = Path(__file__).parent / "data" / "mp20_sample.csv"
+TINY = {
+    "data.dataset": str(SAMPLE), "data.properties": "band_gap",
+    "data.energy_property": "formation_energy_per_atom",
+    "model.hidden_dim": 16, "model.num_layers": 1, "train.batch_size": 8,
+    "train.steps": 6, "train.warmup_steps": 2, "train.lr": 1e-3, "train.log_every": 2,
+    "train.val_every": 3, "train.checkpoint_every": 3,
+}
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOPERI_CACHE", str(tmp_path / "cache"))
+
+
+def config(**extra) -> Config:
+    return Config().override({**TINY, **extra})
+
+
+def test_tiny_run_writes_a_loadable_model(tmp_path):
+    run = train(config(), tmp_path / "run", progress=False)
+    log = (run / "train_log.csv").read_text().splitlines()
+    assert log[0].startswith("step,lr") and len(log) == 1 + 3  # steps 2, 4, 6
+    assert log[-1].split(",")[-1] != ""  # validation loss at the last step
+    model, cfg = load_model(run / "model")
+    assert cfg == config()
+    assert model.stats.conditions == ("band_gap",)
+    assert set(model.stats.heads) == {"band_gap", "formation_energy_per_atom"}
+    # Loading a run folder resolves to its model.
+    assert checkpoint.resolve_model_path(run) == run / "model"
+    with pytest.raises(ValueError, match="not empty"):
+        train(config(), run, progress=False)
+
+
+def test_resume_continues_bit_for_bit(tmp_path, monkeypatch):
+    straight = train(config(), tmp_path / "straight", progress=False)
+
+    real_save = checkpoint.save_training_state
+    import autoperi.train as train_module
+
+    def save_then_die(folder, model, ema, optimizer, step, extra):
+        real_save(folder, model, ema, optimizer, step, extra)
+        if step == 3:
+            raise KeyboardInterrupt  # killed right after the step-3 checkpoint
+
+    monkeypatch.setattr(train_module, "save_training_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(), tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(train_module, "save_training_state", real_save)
+    resumed = train(config(), tmp_path / "resumed", resume=True, progress=False)
+    a = load_file(str(straight / "model" / "model.safetensors"))
+    b = load_file(str(resumed / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # The interrupted log continued rather than restarting.
+    steps = [line.split(",")[0] for line in (resumed / "train_log.csv").read_text().splitlines()]
+    assert steps == ["step", "2", "4", "6"]
+
+
+def test_bf16_autocast_trains(tmp_path):
+    run = train(config(**{"train.precision": "bf16", "train.steps": 2}), tmp_path / "r",
+                progress=False)
+    weights = load_file(str(run / "model" / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in weights.values())
+    with pytest.raises(ValueError, match="precision"):
+        train(config(**{"train.precision": "fp8"}), tmp_path / "bad", progress=False)
+
+
+def test_two_process_ddp_on_cpu(tmp_path):
+    cfg = config(**{"train.steps": 3, "train.checkpoint_every": 3})
+    cfg.save(tmp_path / "c.yaml")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "AUTOPERI_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master_port=29533", "-m", "autoperi.cli", "train", str(tmp_path / "c.yaml"),
+           "--out", str(tmp_path / "ddp"), "--device", "cpu"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    info = (tmp_path / "ddp" / "model" / "info.json").read_text()
+    assert '"world_size": 2' in info
+
+
+def test_schedule_and_batches():
+    cfg = Config().override({"train.steps": 100, "train.warmup_steps": 10, "train.lr": 1.0})
+    assert learning_rate(0, cfg) == pytest.approx(0.1)
+    assert learning_rate(9, cfg) == pytest.approx(1.0)
+    assert learning_rate(99, cfg) == pytest.approx(0.01, abs=1e-3)
+    idx = torch.arange(20).numpy()
+    epoch = [batch_indices(idx, s, 5, seed=0) for s in range(4)]
+    assert sorted(sum((e.tolist() for e in epoch), [])) == list(range(20))  # one epoch
+    halves = [batch_indices(idx, 1, 6, 0, rank=r, world=2) for r in (0, 1)]
+    assert set(halves[0]).isdisjoint(halves[1]) and len(halves[0]) == 3
