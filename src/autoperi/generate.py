@@ -77,6 +77,7 @@ def sample(model: FlowModel | str | None = None, num: int = 16, targets: dict | 
     model = _model(model, device)
     generator = torch.Generator().manual_seed(seed)
     allowed = element_mask(model, elements, exclude)
+    _check_targets(model, targets or {})
     out = []
     with tqdm(total=num, desc="sampling", disable=not progress, unit="crystal") as bar:
         for lo in range(0, num, batch_size):
@@ -142,12 +143,16 @@ def _model(model, device) -> FlowModel:
     return load_model(model, device)[0]
 
 
-def _conditions(model: FlowModel, targets: dict, b: int, generator: torch.Generator):
+def _check_targets(model: FlowModel, targets: dict) -> None:
     names = model.stats.conditions
     unknown = sorted(set(targets) - set(names))
     if unknown:
         raise ValueError(f"this model cannot aim at {unknown}; it is conditioned on "
                          f"{list(names) or 'nothing'}")
+
+
+def _conditions(model: FlowModel, targets: dict, b: int, generator: torch.Generator):
+    names = model.stats.conditions
     if not targets:
         return None, None
     raw = {}

@@ -375,7 +375,7 @@ def _vesin_search(frac: Tensor, lat: Tensor, counts: Tensor, cutoff: float):
 
     search = NeighborList(cutoff=cutoff, full_list=True)
     frac_np, lat_np = frac.cpu().numpy(), lat.cpu().numpy()
-    out_s, out_t, out_img, out_near = [], [], [], []
+    out_s, out_t, out_img, out_d = [], [], [], []
     start = 0
     for b, n in enumerate(counts.tolist()):
         cart = frac_np[start : start + n] @ lat_np[b]
@@ -383,35 +383,31 @@ def _vesin_search(frac: Tensor, lat: Tensor, counts: Tensor, cutoff: float):
             points=cart, box=lat_np[b], periodic=True, quantities="ijSd"
         )
         # vesin: vector = cart_j - cart_i + S @ box, i.e. source j, target i, image S.
-        i, j, shifts = i.astype(np.int64), j.astype(np.int64), shifts.astype(np.int64)
-        if len(i):
-            low = shifts.min(axis=0)
-            span = shifts.max(axis=0) - low + 1
-            code = (shifts[:, 0] - low[0]) * (span[1] * span[2])
-            code += (shifts[:, 1] - low[1]) * span[2] + (shifts[:, 2] - low[2])
-            order = np.argsort((i * n + j) * int(span.prod()) + code)
-            i, j, shifts, d = i[order], j[order], shifts[order], d[order]
-        out_t.append(i + start)
-        out_s.append(j + start)
+        out_t.append(i.view(np.int64) + start)  # uint64 indices, far below 2^63
+        out_s.append(j.view(np.int64) + start)
         out_img.append(shifts)
-        out_near.append(d >= cutoff * (1 - _BAND))
+        out_d.append(d)
         start += n
     if not out_s:
         return _no_edges(frac.device)
-    edge_index = torch.from_numpy(np.stack([np.concatenate(out_s), np.concatenate(out_t)]))
-    image = torch.from_numpy(np.concatenate(out_img))
+    source = torch.from_numpy(np.concatenate(out_s))
+    target = torch.from_numpy(np.concatenate(out_t))
+    image = torch.from_numpy(np.concatenate(out_img)).long()
     # vesin keeps pairs at the cutoff (<=); the contract is strict (<) and, near the cutoff,
     # decided by the same float64 formula as the torch backend.
-    near = torch.nonzero(torch.from_numpy(np.concatenate(out_near))).squeeze(1)
+    near = torch.nonzero(torch.from_numpy(np.concatenate(out_d)) >= cutoff * (1 - _BAND))
+    near = near.squeeze(1)
     if len(near):
-        s, t = edge_index[0, near], edge_index[1, near]
+        s, t = source[near], target[near]
         length_sq = _exact_length_sq(frac, lat, crystal_index(counts)[t], s, t, image[near])
         drop = near[length_sq >= cutoff * cutoff]
         if len(drop):
             keep = torch.ones(len(image), dtype=torch.bool)
             keep[drop] = False
-            edge_index, image = edge_index[:, keep], image[keep]
-    return edge_index.to(frac.device), image.to(frac.device)
+            source, target, image = source[keep], target[keep], image[keep]
+    order = _canonical_permutation(source, target, image)
+    edge_index = torch.stack([source.index_select(0, order), target.index_select(0, order)])
+    return edge_index.to(frac.device), image.index_select(0, order).to(frac.device)
 
 
 def _canonical_permutation(source: Tensor, target: Tensor, image: Tensor) -> Tensor:

@@ -1,0 +1,94 @@
+"""Sampling benchmark: speed and quality per compute for a trained model.
+
+For each step count: CSP on the model's held-out test split (k = 1, StructureMatcher
+stol 0.5 / ltol 0.3 / angle 10) -> match rate, RMSE, structures/s; and de novo generation ->
+structural and compositional validity, structures/s. Prints a table, writes JSON.
+
+    python bench/sample.py --model perov-5 --steps 5 10 20 50 --num-test 480 --num-denovo 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from autoperi.checkpoint import load_model  # noqa: E402
+from autoperi.data.datasets import load_dataset  # noqa: E402
+from autoperi.eval.match import csp_rms, csp_summary  # noqa: E402
+from autoperi.eval.validity import compositional_validity, structural_validity  # noqa: E402
+from autoperi.generate import predict_structures, sample  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="perov-5")
+    parser.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20, 50])
+    parser.add_argument("--method", default="heun")
+    parser.add_argument("--num-test", type=int, default=480)
+    parser.add_argument("--num-denovo", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="bench/results")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    model, config = load_model(args.model)
+    dataset = load_dataset(config.data.dataset, seed=config.data.seed,
+                           symprec=config.data.symprec, max_atoms=config.data.max_atoms)
+    test = dataset.structures("test")[: args.num_test]
+    rows = []
+    for steps in args.steps:
+        start = time.perf_counter()
+        predicted = predict_structures(test, model, 1, steps, args.method, args.seed,
+                                       progress=False)
+        csp_seconds = time.perf_counter() - start
+        summary = csp_summary(csp_rms(predicted, test)[:, None])
+        row = {"steps": steps, "csp_match_rate": summary["match_rate"],
+               "csp_rmse": summary["rmse"], "csp_structures_per_s": len(test) / csp_seconds}
+        if config.flow.generate_types and args.num_denovo:
+            start = time.perf_counter()
+            generated = sample(model, args.num_denovo, steps=steps, method=args.method,
+                               seed=args.seed, progress=False)
+            row["denovo_structures_per_s"] = args.num_denovo / (time.perf_counter() - start)
+            row["structural_validity"] = float(structural_validity(generated).mean())
+            row["compositional_validity"] = float(compositional_validity(generated).mean())
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    best = max(r["csp_match_rate"] for r in rows)
+    result = {
+        "model": args.model, "method": args.method, "test_crystals": len(test),
+        "denovo_crystals": args.num_denovo, "seed": args.seed, "rows": rows,
+        "best_match_rate": best,
+        "share_of_best_at_50_steps_or_fewer": max(
+            (r["csp_match_rate"] for r in rows if r["steps"] <= 50), default=float("nan"))
+        / best if best > 0 else float("nan"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch "
+                   f"{torch.__version__}, 1 thread",
+    }
+    print(_table(rows))
+    out = Path(args.out) / f"sample_{Path(args.model).name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+
+
+def _table(rows) -> str:
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in rows:
+        lines.append("| " + " | ".join(f"{r[k]:.3g}" if isinstance(r[k], float) else str(r[k])
+                                       for k in keys) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()

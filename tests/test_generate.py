@@ -1,0 +1,135 @@
+"""Generation API and CLI with a tiny model trained on real rows (seconds)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from autoperi.cli import main
+from autoperi.config import Config
+from autoperi.data.io import read_structures
+from autoperi.generate import (
+    element_mask,
+    parse_targets,
+    predict_properties,
+    predict_structures,
+    sample,
+)
+from autoperi.train import train
+
+SAMPLE = Path(__file__).parent / "data" / "mp20_sample.csv"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gen")
+    import os
+
+    os.environ["AUTOPERI_CACHE"] = str(folder / "cache")
+    config = Config().override({
+        "data.dataset": str(SAMPLE), "data.properties": "band_gap",
+        "data.energy_property": "formation_energy_per_atom", "model.hidden_dim": 16,
+        "model.num_layers": 1, "train.batch_size": 16, "train.steps": 4,
+        "train.warmup_steps": 1})
+    return train(config, folder / "run", progress=False)
+
+
+def test_parse_targets():
+    assert parse_targets(["band_gap=1.35:1.65", "e=-0.5"]) == {
+        "band_gap": (1.35, 1.65), "e": (-0.5, -0.5)}
+    for bad in ("band_gap", "band_gap=a", "band_gap=2:1", "x=nan"):
+        with pytest.raises(ValueError, match="target"):
+            parse_targets([bad])
+
+
+def test_element_mask(run):
+    from autoperi.checkpoint import load_model
+
+    model, _ = load_model(run)
+    vocab = model.stats.vocab
+    only = element_mask(model, ["O", "Na"])
+    assert {vocab[k] for k in torch.nonzero(only).flatten().tolist()} == {8, 11}
+    no_o = element_mask(model, exclude=["O"])
+    assert not no_o[vocab.index(8)] and no_o.sum() == len(vocab) - 1
+    assert element_mask(model) is None
+    with pytest.raises(ValueError, match="vocabulary"):
+        element_mask(model, ["Og"])
+    with pytest.raises(ValueError, match="unknown element"):
+        element_mask(model, ["Qq"])
+    with pytest.raises(ValueError, match="no element"):
+        element_mask(model, ["O"], exclude=["O"])
+
+
+def test_sample_respects_constraints_and_seed(run):
+    a = sample(run, num=6, steps=3, exclude=["O"], num_atoms=4, seed=1, progress=False)
+    assert len(a) == 6 and all(len(s) == 4 for s in a)
+    assert all("O" not in s.composition for s in a)
+    assert all("predicted_band_gap" in s.properties for s in a)
+    b = sample(run, num=6, steps=3, exclude=["O"], num_atoms=4, seed=1, progress=False)
+    assert [s.composition for s in a] == [s.composition for s in b]
+    assert all((x.frac_coords == y.frac_coords).all() for x, y in zip(a, b))
+    with pytest.raises(ValueError, match="cannot aim"):
+        sample(run, num=1, targets={"density": (1, 2)}, progress=False)
+
+
+def test_targets_change_the_samples(run):
+    kw = dict(num=4, steps=3, seed=0, progress=False)
+    low = sample(run, targets={"band_gap": (0.0, 0.0)}, guidance=3.0, **kw)
+    high = sample(run, targets={"band_gap": (5.0, 5.0)}, guidance=3.0, **kw)
+    assert any((x.frac_coords != y.frac_coords).any() for x, y in zip(low, high))
+
+
+def test_csp_keeps_composition_and_order(run):
+    inputs = ["NaCl", "Fe2O3", read_structures(SAMPLE)[0]]
+    out = predict_structures(inputs, run, samples_per_input=2, steps=3, progress=False)
+    assert [s.properties["input_index"] for s in out] == [0, 0, 1, 1, 2, 2]
+    assert [s.properties["sample_index"] for s in out] == [0, 1] * 3
+    assert out[2].composition.reduced_formula == "Fe2O3" and len(out[2]) == 5
+    assert out[4].composition == inputs[2].composition
+    with pytest.raises(ValueError, match="whole numbers"):
+        predict_structures(["Fe0.5O"], run, steps=1, progress=False)
+
+
+def test_property_heads_give_one_value_per_crystal(run):
+    from autoperi.checkpoint import load_model
+    from autoperi.data.crystal import CrystalBatch
+
+    model, _ = load_model(run)
+    batch = CrystalBatch.from_structures(read_structures(SAMPLE)[:5])
+    pred = predict_properties(model, batch)
+    assert set(pred) == {"band_gap", "formation_energy_per_atom"}
+    assert pred["band_gap"].shape == (5,) and torch.isfinite(pred["band_gap"]).all()
+
+
+def test_cli_sample_and_csp_write_files_and_settings(run, tmp_path, capsys):
+    out = tmp_path / "gen.extxyz"
+    code = main(["sample", "--model", str(run), "--num", "3", "--steps", "2",
+                 "--out", str(out), "--target", "band_gap=1:2", "--exclude", "O"])
+    assert code == 0
+    assert len(read_structures(out)) == 3
+    meta = json.loads(Path(f"{out}.meta.json").read_text())
+    assert meta["targets"] == {"band_gap": [1.0, 2.0]} and meta["seed"] == 0
+    assert "structures/s" in capsys.readouterr().out
+    formulas = tmp_path / "f.txt"
+    formulas.write_text("NaCl\n# a comment\nMgO\n")
+    cif = tmp_path / "csp.cif"
+    assert main(["csp", str(formulas), "--model", str(run), "--steps", "2",
+                 "--out", str(cif)]) == 0
+    back = read_structures(cif)
+    assert [s.composition.reduced_formula for s in back] == ["NaCl", "MgO"]
+    # The same structures through extxyz agree with the CIF.
+    xyz = tmp_path / "csp.extxyz"
+    assert main(["csp", str(formulas), "--model", str(run), "--steps", "2",
+                 "--out", str(xyz)]) == 0
+    for a, b in zip(back, read_structures(xyz)):
+        assert a.lattice.abc == pytest.approx(b.lattice.abc, abs=1e-5)
+
+
+def test_cli_generation_errors_are_one_line(run, tmp_path, capsys):
+    assert main(["sample", "--model", str(run), "--out", str(tmp_path / "x.cif"),
+                 "--target", "nope=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:")
+    assert main(["sample", "--model", str(tmp_path / "missing"), "--out",
+                 str(tmp_path / "x.cif")]) == 2
