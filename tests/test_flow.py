@@ -173,7 +173,7 @@ def test_training_losses_are_finite_and_switchable():
     losses = training_losses(model, batch, FlowConfig(), 0.5, g())
     assert all(torch.isfinite(v) for v in losses.values())
     weighted = sum(getattr(FlowConfig(), f"lambda_{k}") * losses[k]
-                   for k in ("frac", "lattice", "types", "recon", "property"))
+                   for k in ("frac", "lattice", "types", "recon", "property", "stability"))
     assert torch.allclose(losses["loss"], weighted)
     only_frac = FlowConfig(lambda_lattice=0, lambda_types=0, lambda_recon=0, lambda_property=0)
     assert torch.allclose(training_losses(model, batch, only_frac, 0.5, g())["loss"],
@@ -211,3 +211,27 @@ def test_flow_model_symmetries():
     assert torch.allclose(out.frac_velocity, base.frac_velocity[perm], atol=1e-5)
     assert torch.allclose(out.type_logits, base.type_logits[perm], atol=1e-5)
     assert torch.allclose(y, lattice_to_y(rotated.lattice), atol=1e-4)
+
+
+def test_stability_loss_moves_structures_not_the_energy_head():
+    batch = CrystalBatch.from_structures(list(canonical_crystals().values()))
+    batch = batch.replace(properties={"e": torch.tensor([0.0, -1.0, -3.0, -7.0, -8.0, -1.5])})
+    stats = stats_for(batch, heads=("e",))
+    stats = DataStats(stats.vocab, (), ("e",), "e", stats.scaler, stats.lattice_prior,
+                      stats.atom_count_prior)
+    torch.manual_seed(0)
+    model = FlowModel(ModelConfig(hidden_dim=16, num_layers=1), stats)
+    flow = FlowConfig(lambda_frac=0, lambda_lattice=0, lambda_types=0, lambda_recon=0,
+                      lambda_property=0, lambda_stability=1.0)
+    losses = training_losses(model, batch, flow, 0.0, torch.Generator().manual_seed(0))
+    assert torch.allclose(losses["loss"], losses["stability"]) and losses["stability"] != 0
+    losses["loss"].backward()
+    head = model.property_head[-1].weight.grad
+    assert head is None or torch.all(head == 0)  # the head is not trained by this loss
+    frac_head = model.frac_head[-1].weight.grad
+    assert frac_head is not None and frac_head.abs().sum() > 0  # the generator is
+    no_energy = DataStats(stats.vocab, (), ("e",), "", stats.scaler, stats.lattice_prior,
+                          stats.atom_count_prior)
+    with pytest.raises(ValueError, match="energy_property"):
+        training_losses(FlowModel(ModelConfig(hidden_dim=16, num_layers=1), no_energy),
+                        batch, flow, 0.0, torch.Generator().manual_seed(0))

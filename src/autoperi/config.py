@@ -49,6 +49,7 @@ class FlowConfig:
     lambda_types: float = 1.0
     lambda_recon: float = 0.1  # periodic Chamfer of the predicted clean structure
     lambda_property: float = 1.0  # MAE of property heads
+    lambda_stability: float = 0.0  # energy surrogate (energy head) on predicted clean crystals
 
 
 @dataclass(frozen=True)

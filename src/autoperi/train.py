@@ -31,7 +31,7 @@ from autoperi.flow.model import DataStats, FlowModel
 from autoperi.flow.priors import AtomCountPrior, LatticePrior
 
 log = logging.getLogger(__name__)
-LOSS_NAMES = ("loss", "frac", "lattice", "types", "recon", "property")
+LOSS_NAMES = ("loss", "frac", "lattice", "types", "recon", "property", "stability")
 
 
 def data_stats(dataset: CrystalDataset, config: Config) -> DataStats:
@@ -205,6 +205,8 @@ def _init_distributed() -> tuple[int, int]:
 
 
 class _CsvLog:
+    """train_log.csv (always) and TensorBoard event files (when tensorboard is installed)."""
+
     FIELDS = ("step", "lr", "grad_norm", "crystals_per_s",
               *(f"train_{k}" for k in LOSS_NAMES), "val_loss")
 
@@ -212,9 +214,20 @@ class _CsvLog:
         self.path = path
         if not resume or not path.exists():
             path.write_text(",".join(self.FIELDS) + "\n")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.board = SummaryWriter(str(path.parent / "tensorboard"))
+        except ImportError:
+            self.board = None
 
     def write(self, row: dict) -> None:
         with self.path.open("a", newline="") as f:
             csv.DictWriter(f, self.FIELDS).writerow(row)
             f.flush()
+        if self.board is not None:
+            for key, value in row.items():
+                if key != "step":
+                    self.board.add_scalar(key, value, row["step"])
+            self.board.flush()
         log.info("%s", json.dumps(row))

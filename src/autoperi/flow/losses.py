@@ -50,6 +50,28 @@ def masked_mae(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     return (pred - torch.nan_to_num(target)).abs()[mask].mean()
 
 
+def stability_loss(model: FlowModel, frac: Tensor, y: Tensor, type_probs: Tensor,
+                   num_atoms: Tensor) -> Tensor:
+    """Mean scaled energy that the model's energy head assigns to (predicted) clean crystals.
+
+    The head is evaluated with detached weights, so the gradient moves the generator's
+    predictions towards low energy and does not teach the head to predict low values.
+    Any differentiable energy per atom (e.g. a pretrained interatomic potential) can take
+    the head's place by replacing this function.
+    """
+    from torch.func import functional_call
+
+    inner = getattr(model, "module", model)
+    heads = inner.stats.heads
+    if not inner.stats.energy_property:
+        raise ValueError("lambda_stability > 0 needs data.energy_property (an energy head)")
+    frozen = {k: v.detach() for k, v in inner.named_parameters()}
+    frozen.update(dict(inner.named_buffers()))
+    ones = torch.ones(len(num_atoms), device=y.device)
+    out = functional_call(inner, frozen, (type_probs, frac, y, num_atoms, ones, ones))
+    return out.properties[:, heads.index(inner.stats.energy_property)].mean()
+
+
 def training_losses(model: FlowModel, batch: CrystalBatch, flow: FlowConfig,
                     condition_dropout: float, generator: torch.Generator) -> dict[str, Tensor]:
     """All loss terms for one batch of clean crystals; key "loss" is the weighted total."""
@@ -115,8 +137,18 @@ def training_losses(model: FlowModel, batch: CrystalBatch, flow: FlowConfig,
     else:
         losses["property"] = out.properties.sum() * 0.0
 
+    # Stability surrogate: the energy of the predicted clean crystal (types as predicted
+    # for de novo crystals, given for CSP ones). Costs a second forward pass, so only if on.
+    if flow.lambda_stability > 0:
+        y1_pred = yt + (1 - t)[:, None] * out.lattice_velocity
+        probs = torch.where(csp[crystal_idx, None], onehot,
+                            torch.softmax(out.type_logits, dim=-1))
+        losses["stability"] = stability_loss(model, x1_pred, y1_pred, probs, batch.num_atoms)
+    else:
+        losses["stability"] = out.properties.sum() * 0.0
+
     lambdas = {"frac": flow.lambda_frac, "lattice": flow.lambda_lattice,
                "types": flow.lambda_types, "recon": flow.lambda_recon,
-               "property": flow.lambda_property}
+               "property": flow.lambda_property, "stability": flow.lambda_stability}
     losses["loss"] = sum(lambdas[k] * losses[k] for k in lambdas)
     return losses
