@@ -130,3 +130,27 @@ def test_bundled_perov5_end_to_end(tmp_path):
     assert len(d) == 1024 + 3787
     assert set(d.crystals.num_atoms.tolist()) == {5}
     assert abs(len(d.indices("test")) - 0.1 * len(d)) <= 5
+
+
+def test_symmetry_operations_map_each_crystal_onto_itself(tmp_path):
+    from autoperi.geometry.torus import shortest_displacement
+
+    d = load_dataset(str(SAMPLE), cache_dir=tmp_path)
+    ops, counts = d.symmetry([0, 5, 7])
+    assert len(ops) == int(counts.sum()) and ops.shape[1:] == (3, 4)
+    start = 0
+    for k, n in zip([0, 5, 7], counts.tolist()):
+        item = d[k]
+        frac, z = item.frac_coords.float(), item.atomic_numbers
+        for op in ops[start:start + n]:
+            moved = frac @ op[:, :3].T + op[:, 3]
+            # Every image lands on an atom of the same element (symprec 0.1 Å).
+            delta = shortest_displacement(moved[:, None, :] - frac[None, :, :])
+            dist = torch.linalg.norm(delta @ item.lattice[0].float(), dim=-1)
+            same = z[:, None] == z[None, :]
+            assert torch.all(torch.where(same, dist, torch.inf).min(dim=1).values < 0.2)
+        start += n
+    # Groups have the right order: P1 has 1 operation, Fm-3m primitive 48.
+    groups = d.crystals.properties["spacegroup"]
+    orders = dict(zip(groups.tolist(), d.symmetry_counts.tolist()))
+    assert orders.get(225, 48) == 48 and orders.get(1, 1) == 1

@@ -173,7 +173,8 @@ def test_training_losses_are_finite_and_switchable():
     losses = training_losses(model, batch, FlowConfig(), 0.5, g())
     assert all(torch.isfinite(v) for v in losses.values())
     weighted = sum(getattr(FlowConfig(), f"lambda_{k}") * losses[k]
-                   for k in ("frac", "lattice", "types", "recon", "property", "stability"))
+                   for k in ("frac", "lattice", "types", "recon", "property", "stability",
+                             "symmetry"))
     assert torch.allclose(losses["loss"], weighted)
     only_frac = FlowConfig(lambda_lattice=0, lambda_types=0, lambda_recon=0, lambda_property=0)
     assert torch.allclose(training_losses(model, batch, only_frac, 0.5, g())["loss"],
@@ -235,3 +236,32 @@ def test_stability_loss_moves_structures_not_the_energy_head():
     with pytest.raises(ValueError, match="energy_property"):
         training_losses(FlowModel(ModelConfig(hidden_dim=16, num_layers=1), no_energy),
                         batch, flow, 0.0, torch.Generator().manual_seed(0))
+
+
+def test_symmetry_loss_is_zero_for_symmetric_and_positive_for_broken_crystals():
+    import numpy as np
+
+    from autoperi.data.clean import clean_with_symmetry
+    from autoperi.flow.losses import symmetry_loss
+
+    structure, ops = clean_with_symmetry(canonical_crystals()["perovskite_SrTiO3"])
+    batch = CrystalBatch.from_structures([structure])
+    ops_t, counts = torch.from_numpy(ops), torch.tensor([len(ops)])
+    types = batch.atomic_numbers
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):  # every drawn operation maps the ideal crystal onto itself
+        loss = symmetry_loss(batch.frac_coords, types, batch.lattice, batch.num_atoms,
+                             ops_t, counts, g)
+        assert loss < 1e-5
+    broken = batch.frac_coords.clone()
+    broken[1] += torch.tensor([0.05, 0.02, 0.0])  # Ti off centre breaks cubic symmetry
+    losses = [float(symmetry_loss(broken, types, batch.lattice, batch.num_atoms, ops_t,
+                                  counts, g)) for _ in range(10)]
+    assert np.mean(losses) > 0.02
+    # Type-aware: swapping the Sr and Ti positions keeps the set of positions (untyped
+    # Chamfer 0) but puts each element where the other belongs (typed Chamfer > 0).
+    x = batch.frac_coords
+    swapped = x.clone()
+    swapped[[0, 1]] = x[[1, 0]]
+    assert periodic_chamfer(swapped, x, batch.lattice, batch.num_atoms) < 1e-6
+    assert periodic_chamfer(swapped, x, batch.lattice, batch.num_atoms, types) > 1.0

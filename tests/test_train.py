@@ -82,6 +82,16 @@ def test_bf16_autocast_trains(tmp_path):
         train(config(**{"train.precision": "fp8"}), tmp_path / "bad", progress=False)
 
 
+def test_auxiliary_losses_train_end_to_end(tmp_path):
+    run = train(config(**{"flow.lambda_symmetry": 0.1, "flow.lambda_stability": 0.1,
+                          "train.steps": 3}), tmp_path / "aux", progress=False)
+    header, *rows = (run / "train_log.csv").read_text().splitlines()
+    columns = header.split(",")
+    last = dict(zip(columns, rows[-1].split(",")))
+    assert float(last["train_symmetry"]) > 0 and float(last["train_stability"]) != 0
+    assert last["val_loss"] != ""
+
+
 def test_two_process_ddp_on_cpu(tmp_path):
     cfg = config(**{"train.steps": 3, "train.checkpoint_every": 3})
     cfg.save(tmp_path / "c.yaml")

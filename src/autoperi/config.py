@@ -50,6 +50,7 @@ class FlowConfig:
     lambda_recon: float = 0.1  # periodic Chamfer of the predicted clean structure
     lambda_property: float = 1.0  # MAE of property heads
     lambda_stability: float = 0.0  # energy surrogate (energy head) on predicted clean crystals
+    lambda_symmetry: float = 0.0  # predicted clean crystal vs its image under the target's ops
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,8 @@ from autoperi.flow.model import DataStats, FlowModel
 from autoperi.flow.priors import AtomCountPrior, LatticePrior
 
 log = logging.getLogger(__name__)
-LOSS_NAMES = ("loss", "frac", "lattice", "types", "recon", "property", "stability")
+LOSS_NAMES = ("loss", "frac", "lattice", "types", "recon", "property", "stability",
+              "symmetry")
 
 
 def data_stats(dataset: CrystalDataset, config: Config) -> DataStats:
@@ -112,7 +113,9 @@ def train(config: Config, out: str | Path, resume: bool = False,
         config.save(out / "config.yaml")
 
     train_idx = dataset.indices("train")
-    val = dataset.crystals.select(dataset.indices("val")[:512].tolist())
+    val_idx = dataset.indices("val")[:512]
+    val = dataset.crystals.select(val_idx.tolist())
+    val_symmetry = dataset.symmetry(val_idx) if config.flow.lambda_symmetry > 0 else None
     logger = _CsvLog(out / "train_log.csv", resume=start > 0) if rank == 0 else None
     autocast = _autocast(config.train.precision, device)
     bar = tqdm(range(start, config.train.steps), initial=start, total=config.train.steps,
@@ -127,9 +130,10 @@ def train(config: Config, out: str | Path, resume: bool = False,
         generator = torch.Generator().manual_seed(
             (config.train.seed * 1_000_003 + step) * 64 + rank)
         model.train()
+        symmetry = dataset.symmetry(idx) if config.flow.lambda_symmetry > 0 else None
         with autocast:
             losses = training_losses(ddp_model, batch, config.flow,
-                                     config.model.condition_dropout, generator)
+                                     config.model.condition_dropout, generator, symmetry)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
@@ -143,7 +147,7 @@ def train(config: Config, out: str | Path, resume: bool = False,
                    "crystals_per_s": crystals_seen * world / (time.perf_counter() - t_start),
                    **{f"train_{k}": float(losses[k].detach()) for k in LOSS_NAMES}}
             if done % config.train.val_every == 0 or done == config.train.steps:
-                row["val_loss"] = validation_loss(model, ema, val, config)
+                row["val_loss"] = validation_loss(model, ema, val, config, val_symmetry)
             logger.write(row)
             bar.set_postfix(loss=f"{row['train_loss']:.3f}")
         if rank == 0 and (done % config.train.checkpoint_every == 0
@@ -162,7 +166,8 @@ def train(config: Config, out: str | Path, resume: bool = False,
 
 
 @torch.no_grad()
-def validation_loss(model: FlowModel, ema: dict, val: CrystalBatch, config: Config) -> float:
+def validation_loss(model: FlowModel, ema: dict, val: CrystalBatch, config: Config,
+                    symmetry: tuple | None = None) -> float:
     """Mean weighted loss of the EMA weights on validation crystals (fixed noise)."""
     live = {k: v.clone() for k, v in model.state_dict().items()}
     model.load_state_dict(ema)
@@ -170,11 +175,16 @@ def validation_loss(model: FlowModel, ema: dict, val: CrystalBatch, config: Conf
     generator = torch.Generator().manual_seed(12345)
     device = next(model.parameters()).device
     total = 0.0
-    parts = val.split()
-    chunks = [parts[k:k + 128] for k in range(0, len(parts), 128)]
+    starts = torch.cumsum(symmetry[1], 0) - symmetry[1] if symmetry is not None else None
+    chunks = [list(range(k, min(k + 128, len(val)))) for k in range(0, len(val), 128)]
     for chunk in chunks:
-        batch = CrystalBatch.collate(chunk).to(device, torch.float32)
-        total += float(training_losses(model, batch, config.flow, 0.0, generator)["loss"])
+        batch = val.select(chunk).to(device, torch.float32)
+        sym = None
+        if symmetry is not None:
+            ops, counts = symmetry
+            sym = (torch.cat([ops[starts[k]:starts[k] + counts[k]] for k in chunk]),
+                   counts[chunk])
+        total += float(training_losses(model, batch, config.flow, 0.0, generator, sym)["loss"])
     model.load_state_dict(live)
     return total / max(1, len(chunks))
 

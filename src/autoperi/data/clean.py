@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+import spglib
 from pymatgen.core import Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
@@ -40,15 +42,26 @@ def clean_structure(structure: Structure, options: CleanOptions = CleanOptions()
     `properties["spacegroup"]`; other properties are carried over. A reduced cell keeps
     periodic images compact, so neighbour searches and models see well-shaped cells.
     """
+    return clean_with_symmetry(structure, options)[0]
+
+
+def clean_with_symmetry(structure: Structure, options: CleanOptions = CleanOptions()
+                        ) -> tuple[Structure, np.ndarray]:
+    """`clean_structure` plus the space-group operations of the cleaned cell, [M, 3, 4]
+    (rotation | translation acting on fractional coordinates: f' = R f + t)."""
     properties = dict(structure.properties or {})
-    analyzer = SpacegroupAnalyzer(structure, options.symprec, options.angle_tolerance)
-    space_group = analyzer.get_space_group_number()
     if options.symmetrize:
-        structure = analyzer.get_primitive_standard_structure()
-        if not options.primitive:
-            structure = analyzer.get_refined_structure()
+        analyzer = SpacegroupAnalyzer(structure, options.symprec, options.angle_tolerance)
+        structure = (analyzer.get_primitive_standard_structure() if options.primitive
+                     else analyzer.get_refined_structure())
     elif options.primitive:
         structure = structure.get_primitive_structure(tolerance=0.01)
     reduced = structure.get_reduced_structure("niggli")
-    reduced.properties = {**properties, "spacegroup": space_group}
-    return reduced
+    cell = (reduced.lattice.matrix, reduced.frac_coords, reduced.atomic_numbers)
+    data = spglib.get_symmetry_dataset(cell, symprec=options.symprec,
+                                       angle_tolerance=options.angle_tolerance)
+    if data is None:
+        raise ValueError(f"spglib found no symmetry at symprec={options.symprec}")
+    ops = np.concatenate([data.rotations, data.translations[:, :, None]], axis=2)
+    reduced.properties = {**properties, "spacegroup": int(data.number)}
+    return reduced, ops.astype(np.float32)

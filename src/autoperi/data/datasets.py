@@ -25,13 +25,14 @@ from tqdm.auto import tqdm
 
 from autoperi.atomic import atomic_path
 from autoperi.data.checks import Limits, exact_key
-from autoperi.data.clean import CleanOptions, clean_structure
+from autoperi.data.clean import CleanOptions, clean_with_symmetry
 from autoperi.data.crystal import CrystalBatch
 from autoperi.data.io import Problem, read_structures
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+CACHE_FORMAT = 2  # bump when the cached content changes
 _CDVAE = "https://raw.githubusercontent.com/txie-93/cdvae/main/data"
 _DIFFCSP = "https://raw.githubusercontent.com/jiaor17/DiffCSP/main/data"
 
@@ -100,9 +101,20 @@ class CrystalDataset(Dataset):
     config: DatasetConfig
     problems: list[Problem] = field(default_factory=list)
     duplicates_removed: int = 0
+    symmetry_ops: torch.Tensor | None = None  # [M, 3, 4] space-group operations (R | t)
+    symmetry_counts: torch.Tensor | None = None  # [B] operations per crystal
 
     def __post_init__(self) -> None:
         self._offsets = np.concatenate([[0], np.cumsum(self.crystals.num_atoms.numpy())])
+        if self.symmetry_counts is not None:
+            self._op_offsets = np.concatenate([[0], np.cumsum(self.symmetry_counts.numpy())])
+
+    def symmetry(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """Space-group operations of the crystals at `indices`: (ops [M, 3, 4], counts [b]),
+        acting on fractional coordinates of the cleaned cells (f' = R f + t)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        ops = [self.symmetry_ops[self._op_offsets[k]:self._op_offsets[k + 1]] for k in idx]
+        return torch.cat(ops), self.symmetry_counts[idx]
 
     def __len__(self) -> int:
         return self.crystals.num_crystals
@@ -190,12 +202,12 @@ def build_dataset(config: DatasetConfig, progress: bool = True) -> CrystalDatase
         for k, s in enumerate(result.structures):
             structures.append(s)
             ids.append(str((s.properties or {}).get("material_id", f"{Path(source).name}#{k}")))
-    cleaned, kept_ids, seen = [], [], set()
+    cleaned, kept_ids, kept_ops, seen = [], [], [], set()
     duplicates = 0
     for s, ident in tqdm(list(zip(structures, ids)), desc=f"cleaning {config.name}",
                          disable=len(structures) < 500 or not progress):
         try:
-            c = clean_structure(s, config.clean)
+            c, ops = clean_with_symmetry(s, config.clean)
         except Exception as exc:  # noqa: BLE001 - spglib/pymatgen failures are per structure
             problems.append(Problem(ident, "", f"cleaning failed: {exc}"))
             continue
@@ -206,12 +218,14 @@ def build_dataset(config: DatasetConfig, progress: bool = True) -> CrystalDatase
         seen.add(key)
         cleaned.append(c)
         kept_ids.append(ident)
+        kept_ops.append(torch.from_numpy(ops))
     if not cleaned:
         raise ValueError(f"{config.name}: no usable structures in {list(config.sources)}")
     crystals = CrystalBatch.from_structures(cleaned, dtype=torch.float64)
     groups = crystals.properties["spacegroup"].long().numpy()
     split = stratified_split(groups, config.fractions, config.seed)
-    return CrystalDataset(crystals, split, kept_ids, config, problems, duplicates)
+    return CrystalDataset(crystals, split, kept_ids, config, problems, duplicates,
+                          torch.cat(kept_ops), torch.tensor([len(o) for o in kept_ops]))
 
 
 def stratified_split(strata: np.ndarray, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> np.ndarray:
@@ -285,7 +299,7 @@ def _cache_key(config: DatasetConfig) -> str:
 
     digest = hashlib.sha256()
     digest.update(json.dumps(asdict(config), sort_keys=True, default=str).encode())
-    digest.update(__version__.encode())
+    digest.update(f"{__version__}/{CACHE_FORMAT}".encode())
     for source in config.sources:
         for file in sorted(Path(source).rglob("*")) if Path(source).is_dir() else [Path(source)]:
             if file.is_file():
@@ -304,6 +318,8 @@ def _save_cache(dataset: CrystalDataset, folder: Path) -> None:
         "lattice": c.lattice,
         "num_atoms": c.num_atoms,
         **{f"property.{n}": v for n, v in c.properties.items()},
+        "symmetry_ops": dataset.symmetry_ops,
+        "symmetry_counts": dataset.symmetry_counts,
     }
     meta = {
         "version": __version__,
@@ -332,5 +348,6 @@ def _load_cache(folder: Path, config: DatasetConfig) -> CrystalDataset:
     return CrystalDataset(
         crystals, np.array(meta["split"]), meta["ids"], config,
         [Problem(**p) for p in meta["problems"]], meta["duplicates_removed"],
+        tensors["symmetry_ops"], tensors["symmetry_counts"],
     )
 

@@ -25,15 +25,18 @@ def torus_velocity_loss(pred: Tensor, target: Tensor, crystal_idx: Tensor, b: in
 
 
 def periodic_chamfer(x_pred: Tensor, x_true: Tensor, lattice: Tensor,
-                     num_atoms: Tensor) -> Tensor:
+                     num_atoms: Tensor, types: Tensor | None = None) -> Tensor:
     """Symmetric Chamfer distance (Å) between predicted and true atoms of each crystal,
-    with periodic (shortest-image) distances in the true lattice; mean over crystals."""
+    with periodic (shortest-image) distances in the true lattice; mean over crystals.
+    With `types` [N] (shared by both sets) only atoms of the same type are paired."""
     b = len(num_atoms)
     crystal_idx = torch.repeat_interleave(torch.arange(b, device=num_atoms.device), num_atoms)
     true_j, pred_i = dense_graph(num_atoms).edge_index
     delta = shortest_displacement(x_pred[pred_i] - x_true[true_j])
     dist = torch.linalg.norm(torch.einsum("ei,eij->ej", delta, lattice[crystal_idx[pred_i]]),
                              dim=-1)  # [E]
+    if types is not None:
+        dist = torch.where(types[pred_i] == types[true_j], dist, torch.inf)
     inf = torch.full((len(x_pred),), float("inf"), dtype=dist.dtype, device=dist.device)
     to_true = inf.scatter_reduce(0, pred_i, dist, "amin")  # nearest true atom per prediction
     to_pred = inf.scatter_reduce(0, true_j, dist, "amin")  # nearest prediction per true atom
@@ -48,6 +51,23 @@ def masked_mae(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     if not bool(mask.any()):
         return pred.sum() * 0.0
     return (pred - torch.nan_to_num(target)).abs()[mask].mean()
+
+
+def symmetry_loss(x_pred: Tensor, types: Tensor, lattice: Tensor, num_atoms: Tensor,
+                  ops: Tensor, op_counts: Tensor, generator: torch.Generator) -> Tensor:
+    """Type-aware periodic Chamfer distance (Å) between the predicted clean crystal and its
+    image under one random space-group operation of the target per crystal (identity
+    skipped where the group has more). Zero exactly when the prediction keeps that symmetry.
+    ops [M, 3, 4] (R | t on fractional coordinates), op_counts [B]."""
+    b = len(num_atoms)
+    crystal_idx = torch.repeat_interleave(torch.arange(b, device=num_atoms.device), num_atoms)
+    starts = torch.cumsum(op_counts, 0) - op_counts
+    u = torch.rand(b, generator=generator).to(op_counts.device)
+    pick = torch.where(op_counts > 1, 1 + (u * (op_counts - 1)).long().clamp_max(op_counts - 2),
+                       torch.zeros_like(op_counts))
+    chosen = ops[starts + pick].to(x_pred.dtype)[crystal_idx]  # [N, 3, 4]
+    moved = (chosen[:, :, :3] @ x_pred[:, :, None]).squeeze(-1) + chosen[:, :, 3]
+    return periodic_chamfer(moved, x_pred, lattice, num_atoms, types)
 
 
 def stability_loss(model: FlowModel, frac: Tensor, y: Tensor, type_probs: Tensor,
@@ -73,8 +93,10 @@ def stability_loss(model: FlowModel, frac: Tensor, y: Tensor, type_probs: Tensor
 
 
 def training_losses(model: FlowModel, batch: CrystalBatch, flow: FlowConfig,
-                    condition_dropout: float, generator: torch.Generator) -> dict[str, Tensor]:
-    """All loss terms for one batch of clean crystals; key "loss" is the weighted total."""
+                    condition_dropout: float, generator: torch.Generator,
+                    symmetry: tuple[Tensor, Tensor] | None = None) -> dict[str, Tensor]:
+    """All loss terms for one batch of clean crystals; key "loss" is the weighted total.
+    symmetry: (ops [M, 3, 4], counts [B]) of the batch's crystals, for lambda_symmetry."""
     stats = getattr(model, "module", model).stats  # through a DDP wrapper
     device = batch.frac_coords.device
     b, n = batch.num_crystals, batch.frac_coords.shape[0]
@@ -147,8 +169,18 @@ def training_losses(model: FlowModel, batch: CrystalBatch, flow: FlowConfig,
     else:
         losses["stability"] = out.properties.sum() * 0.0
 
+    if flow.lambda_symmetry > 0:
+        if symmetry is None:
+            raise ValueError("lambda_symmetry > 0 needs the crystals' symmetry operations")
+        ops, counts = (x.to(device) for x in symmetry)
+        losses["symmetry"] = symmetry_loss(x1_pred, types, batch.lattice.float(),
+                                           batch.num_atoms, ops, counts, generator)
+    else:
+        losses["symmetry"] = out.properties.sum() * 0.0
+
     lambdas = {"frac": flow.lambda_frac, "lattice": flow.lambda_lattice,
                "types": flow.lambda_types, "recon": flow.lambda_recon,
-               "property": flow.lambda_property, "stability": flow.lambda_stability}
+               "property": flow.lambda_property, "stability": flow.lambda_stability,
+               "symmetry": flow.lambda_symmetry}
     losses["loss"] = sum(lambdas[k] * losses[k] for k in lambdas)
     return losses
