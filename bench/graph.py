@@ -235,7 +235,7 @@ def bench_shear(crystals, cutoff, repeats):
              "edges_sheared": skewed[name][1]} for name in METHODS]
 
 
-def machine() -> dict:
+def machine(load_start: tuple) -> dict:
     cpu = platform.processor()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -248,7 +248,7 @@ def machine() -> dict:
                                                    "matscipy")}
     return {"cpu": cpu, "cores": os.cpu_count(), "gpu": torch.cuda.is_available(),
             "python": platform.python_version(), "threads": torch.get_num_threads(),
-            "load_average": os.getloadavg(), **versions}
+            "load_average_start": load_start, "load_average_end": os.getloadavg(), **versions}
 
 
 def main() -> None:
@@ -256,7 +256,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "graph.json")
     args = parser.parse_args()
-    started = time.perf_counter()
+    started, load_start = time.perf_counter(), os.getloadavg()
     crystals = load_crystals()
     print(f"{len(crystals)} structures, {sum(len(f) for f, _ in crystals)} atoms; "
           f"VESIN_MIN_ATOMS = {graph_module.VESIN_MIN_ATOMS}")
@@ -291,7 +291,7 @@ def main() -> None:
         "command": "python bench/graph.py" + (f" --repeats {args.repeats}"
                                               if args.repeats != 7 else ""),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": machine(load_start),
         "vesin_min_atoms": graph_module.VESIN_MIN_ATOMS,
         "repeats": args.repeats,
         "batch": batch,

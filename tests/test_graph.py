@@ -72,7 +72,8 @@ def vesin_edges(frac: np.ndarray, lattice: np.ndarray, cutoff: float) -> dict:
     i, j, shifts, d = NeighborList(cutoff=cutoff, full_list=True).compute(
         points=frac @ lattice, box=lattice, periodic=True, quantities="ijSd"
     )
-    return {(int(b), int(a), *map(int, s)): float(x) for a, b, s, x in zip(i, j, shifts, d)}
+    return {(int(b), int(a), *map(int, s)): float(x)
+            for a, b, s, x in zip(i, j, shifts, d, strict=True)}
 
 
 def pymatgen_edges(frac: np.ndarray, lattice: np.ndarray, cutoff: float) -> dict:
@@ -85,7 +86,7 @@ def pymatgen_edges(frac: np.ndarray, lattice: np.ndarray, cutoff: float) -> dict
     )
     return {
         (int(b), int(a), *map(int, np.round(s))): float(x)
-        for a, b, s, x in zip(center, neighbor, offsets, d)
+        for a, b, s, x in zip(center, neighbor, offsets, d, strict=True)
         if x > 1e-8  # pymatgen lists each atom as its own neighbour at distance 0
     }
 
@@ -224,6 +225,18 @@ def test_translating_all_atoms_relabels_images_only(batch, backend):
         np.testing.assert_allclose(after[key], before[key], rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("backend", ["torch", "vesin"])
+def test_coordinates_far_outside_the_cell(batch, backend):
+    g = batch_graph(batch, 5.0, backend=backend)
+    gen = torch.Generator().manual_seed(1)
+    far = torch.randint(-10**6, 10**6, (len(batch.frac_coords), 3), generator=gen)
+    g_far = radius_graph(batch.frac_coords + far, batch.lattice, batch.num_atoms, 5.0,
+                         backend=backend)
+    s, t = g.edge_index
+    image = g.edge_image - far[s] + far[t]  # the same vectors from the far-away copies
+    assert_same_graph(g_far, PeriodicGraph(g.edge_index, image))
+
+
 # ---------------------------------------------------------------------- skewed and small cells
 SHEARS = [
     [[1, 0, 0], [3, 1, 0], [0, 0, 1]],
@@ -314,7 +327,8 @@ def test_first_neighbour_shells(name, backend):
 def test_cutoff_equal_to_a_neighbour_distance_is_strict_in_both_backends(name):
     lattice, frac = CELLS[name]
     a = FCC_A if name.startswith("fcc") else BCC_A
-    results = [graph_edges(np.array(frac, float), lattice, a, backend=b) for b in ("torch", "vesin")]
+    frac = np.array(frac, dtype=float)
+    results = [graph_edges(frac, lattice, a, backend=b) for b in ("torch", "vesin")]
     assert list(results[0]) == list(results[1])
     assert all(d < a for d in results[0].values())
 

@@ -22,11 +22,11 @@ from torch import Tensor
 from autoperi.geometry.lattice import heights, reduce_lattice
 
 # Crystals with more atoms than this go to the cell list on the CPU (bench/graph.py).
-VESIN_MIN_ATOMS = 64
+VESIN_MIN_ATOMS = 32
 # Candidate (pair, image) vectors evaluated at once by the torch backend (~30 MB).
 _CHUNK = 2_000_000
 # Overhead of one more image-grid group in the torch backend, in candidate vectors
-# (bench/graph.py); windows are merged into a larger grid while that is cheaper.
+# (a rough estimate); windows are merged into a larger grid while that is cheaper.
 _GROUP_COST = 20_000
 # A crystal is searched over its reduced basis only if that needs this much fewer images.
 _REDUCE_GAIN = 0.8
@@ -163,6 +163,10 @@ def _torch_search(frac: Tensor, lat: Tensor, counts: Tensor, cutoff: float):
     """
     device, dtype = frac.device, frac.dtype
     num_crystals = len(counts)
+    far = None
+    if len(frac) and float(frac.abs().max()) > 2**16:  # keep packed images in range: wrap,
+        far = torch.floor(frac)  # and add the integer parts back to the images at the end
+        frac = frac - far
     frac_in = frac
     reduced, transform = reduce_lattice(lat)  # reduced = transform @ lat
     size = torch.ceil(2 * cutoff / heights(lat)).clamp(1, 1e6).long()  # [B, 3] windows
@@ -299,9 +303,16 @@ def _torch_search(frac: Tensor, lat: Tensor, counts: Tensor, cutoff: float):
     code += row
     image = _unpack(code)
     if bool(use_red.any()):  # reduced-basis grid order is not the image order: sort those
-        idx = torch.nonzero(use_red[pair_crystal][pair_of_edge]).squeeze(1)
+        red_pairs = torch.nonzero(use_red.index_select(0, pair_crystal)).squeeze(1)
+        count = pair_count.index_select(0, red_pairs)
+        first = (torch.cumsum(pair_count, 0) - pair_count).index_select(0, red_pairs)
+        idx = torch.arange(int(count.sum()), device=device)  # their edges' positions
+        idx += torch.repeat_interleave(first - (torch.cumsum(count, 0) - count), count)
         moved = idx[_canonical_permutation(edge_index[0, idx], edge_index[1, idx], image[idx])]
         image[idx] = image[moved]  # source and target are constant along a pair's edges
+    if far is not None:  # constant along a pair's edges: the order is kept
+        far = far.long()
+        image += far.index_select(0, edge_index[1]) - far.index_select(0, edge_index[0])
     return edge_index, image
 
 

@@ -1,7 +1,7 @@
 """The flat unit torus [0, 1)^3 on which fractional coordinates live."""
 
-from torch import Tensor
 import torch
+from torch import Tensor
 
 
 def wrap(frac_coords: Tensor) -> Tensor:
