@@ -62,12 +62,14 @@ class PropertyPredictor:
         torch.manual_seed(seed)
         xt, yt = _xy(train, name)
         xv, yv = _xy(val, name)
-        x_mean, x_std = xt.mean(0), xt.std(0).clamp_min(1e-6)
+        # A floor on the scale: a feature constant in the data (e.g. all-cubic angles) must
+        # not turn a small deviation in a generated crystal into a huge input.
+        x_mean, x_std = xt.mean(0), xt.std(0).clamp_min(1e-2)
         y_mean, y_std = float(yt.mean()), float(yt.std().clamp_min(1e-6))
         net = PropertyPredictor.build(xt.shape[1])
         opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
-        xs, ys = (xt - x_mean) / x_std, (yt - y_mean) / y_std
+        xs, ys = _standardize(xt, x_mean, x_std), (yt - y_mean) / y_std
         best, best_state = float("inf"), None
         g = torch.Generator().manual_seed(seed)
         for _ in range(epochs):
@@ -80,7 +82,7 @@ class PropertyPredictor:
             sched.step()
             net.eval()
             with torch.no_grad():
-                pred = net((xv - x_mean) / x_std).squeeze(1) * y_std + y_mean
+                pred = net(_standardize(xv, x_mean, x_std)).squeeze(1) * y_std + y_mean
             mae = float((pred - yv).abs().mean())
             if mae < best:
                 best, best_state = mae, {k: v.clone() for k, v in net.state_dict().items()}
@@ -92,7 +94,7 @@ class PropertyPredictor:
 
     @torch.no_grad()
     def predict(self, structures: Sequence[Structure]) -> np.ndarray:
-        x = (descriptors(structures) - self.x_mean) / self.x_std
+        x = _standardize(descriptors(structures), self.x_mean, self.x_std)
         return (self.network(x).squeeze(1) * self.y_std + self.y_mean).numpy()
 
     def save(self, folder: str | Path) -> None:
@@ -114,6 +116,11 @@ class PropertyPredictor:
         net.eval()
         return PropertyPredictor(meta["name"], net, tensors["x_mean"], tensors["x_std"],
                                  meta["y_mean"], meta["y_std"], meta["metrics"])
+
+
+def _standardize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Standard scores clipped to +-6: bounded extrapolation far outside the training data."""
+    return ((x - mean) / std).clamp(-6.0, 6.0)
 
 
 def _xy(structures: Sequence[Structure], name: str) -> tuple[torch.Tensor, torch.Tensor]:
