@@ -1,7 +1,8 @@
 """Copy a finished training run's model into the package as a shipped pretrained model and
 record how it was trained (TRAINING.md beside the weights).
 
-    python tools/ship_model.py runs/perov5 perov-5 --command "autoperi train configs/perov5.yaml --out runs/perov5"
+    python tools/ship_model.py runs/perov5 perov-5 \
+        --command "autoperi train configs/perov5.yaml --out runs/perov5"
 """
 
 import argparse
@@ -29,6 +30,8 @@ def main() -> None:
     val = [r for r in rows if r.get("val_loss")]
     info = json.loads((source / "info.json").read_text())
     size = (target / "model.safetensors").stat().st_size / 1e6
+    minutes = info.get("seconds_this_session", 0) / 60
+    first, final = val[0], val[-1]
     losses = ", ".join(f"{k.removeprefix('train_')} {float(v):.4f}" for k, v in last.items()
                        if k.startswith("train_") and v)
     (target / "TRAINING.md").write_text(f"""# {args.name}: how this model was trained
@@ -37,10 +40,13 @@ def main() -> None:
 - Data: {info.get('dataset_summary', '?')}
 - Split: 80/10/10 stratified by space group, seed from `data.seed` in config.yaml; only the
   train split was used for training, val for the validation loss, test held out for benchmarks.
-- Steps: {info.get('steps')}, train crystals: {info.get('train_crystals')}, processes: {info.get('world_size', 1)}
-- Wall time: {info.get('seconds_this_session', 0) / 60:.1f} min on a shared 2-core CPU (1 thread, bf16 autocast where configured)
+- Steps: {info.get('steps')}, train crystals: {info.get('train_crystals')},
+  processes: {info.get('world_size', 1)}
+- Wall time (last session of the run): {minutes:.1f} min on a shared 2-core CPU
+  (1 thread, bf16 autocast where configured)
 - Final training losses (step {last['step']}): {losses}
-- Validation loss (EMA weights): first {float(val[0]['val_loss']):.4f} at step {val[0]['step']}, last {float(val[-1]['val_loss']):.4f} at step {val[-1]['step']}
+- Validation loss (EMA weights): first {float(first['val_loss']):.4f} at step {first['step']},
+  last {float(final['val_loss']):.4f} at step {final['step']}
 - Weights: EMA, safetensors, {size:.1f} MB; AutoPeri {info.get('version')}
 """)
     shutil.copy(args.run / "train_log.csv", target / "train_log.csv")

@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"autoperi {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
-    for module in (_convert, _dataset, _train, _sample, _csp):
+    for module in (_convert, _dataset, _train, _sample, _csp, _evaluate):
         module.add(commands)
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "accepts_overrides", False):
@@ -231,6 +231,93 @@ class _csp:
             args.method, args.seed, args.batch_size, args.device)
         _write_generated(structures, args, seconds, {
             "input": str(path), "samples_per_input": args.samples_per_input})
+        return code
+
+
+class _evaluate:
+    @staticmethod
+    def add(commands) -> None:
+        p = commands.add_parser(
+            "evaluate", help="benchmark structures against a reference set",
+            description="Evaluate generated (or predicted) structures. SAMPLES, --reference and "
+                        "--train are structure files/folders or named dataset splits such as "
+                        "perov-5:test.")
+        p.add_argument("samples", help="structures to evaluate (file, folder or dataset:split)")
+        p.add_argument("--reference", required=True,
+                       help="reference structures, e.g. mp-20:test (CSP: the true structures)")
+        p.add_argument("--train", help="training structures for novelty (default: reference)")
+        p.add_argument("--task", choices=("dng", "csp"), default="dng",
+                       help="de novo generation or crystal structure prediction (dng)")
+        p.add_argument("--out", help="write metrics.json, per_structure.csv, report.md and "
+                                     "plots into this folder")
+        p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+        p.add_argument("--matcher", choices=("cdvae", "strict"), default="cdvae",
+                       help="StructureMatcher tolerances: cdvae 0.5/0.3/10, strict 0.3/0.2/5")
+        p.add_argument("--cov", choices=("mp-20", "mpts-52", "carbon-24", "perov-5"),
+                       help="COV cutoff preset (default: the reference dataset's, else mp-20)")
+        p.add_argument("--no-fingerprints", action="store_true",
+                       help="skip the slow CrystalNN fingerprints (no COV-R / COV-P)")
+        p.add_argument("--no-plots", action="store_true", help="--out without the PNG plots")
+        p.add_argument("--workers", type=int, default=1, help="processes for matching and "
+                                                              "fingerprints (1)")
+        p.add_argument("--cache", help="dataset and fingerprint cache (default ~/.cache/autoperi)")
+        p.add_argument("--allow-skipped", action="store_true",
+                       help="exit 0 even if reference or training structures were skipped")
+        p.set_defaults(run=_evaluate.run)
+
+    @staticmethod
+    def load(spec: str, cache, lenient: bool = False):
+        """(structures, problems, dataset name or None) of a path or a dataset[:split]."""
+        from pathlib import Path
+
+        from autoperi.data.checks import Limits
+        from autoperi.data.datasets import NAMED, SPLITS, load_dataset
+        from autoperi.data.io import read_structures
+
+        name, _, split = spec.partition(":")
+        if name in NAMED and not Path(spec).exists():
+            if split and split not in SPLITS:
+                raise ValueError(f"{spec}: split must be one of {', '.join(SPLITS)}")
+            return load_dataset(name, cache_dir=cache).structures(split or None), [], name
+        # Samples are read leniently: overlapping atoms must reach the validity check.
+        limits = Limits(min_distance=0.0, min_volume=0.0) if lenient else Limits()
+        result = read_structures(spec, limits=limits)
+        return result.structures, result.problems, None
+
+    @staticmethod
+    def run(args) -> int:
+        from autoperi.data.datasets import _cache_root
+        from autoperi.eval.match import CDVAE, STRICT
+        from autoperi.eval.report import write_report
+        from autoperi.eval.suite import evaluate
+
+        if args.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {args.workers}")
+        samples, sample_problems, _ = _evaluate.load(args.samples, args.cache, lenient=True)
+        for problem in sample_problems:
+            print(f"{problem} (counted as an invalid sample)", file=sys.stderr)
+        reference, problems, ref_name = _evaluate.load(args.reference, args.cache)
+        train = None
+        if args.train:
+            train, train_problems, _ = _evaluate.load(args.train, args.cache)
+            problems += train_problems
+        code = _report(problems, args.allow_skipped)
+        for what, items in (("samples", samples), ("reference", reference), ("train", train)):
+            if items is not None and not items:
+                raise ValueError(f"no readable structures in {what} {getattr(args, what)}")
+        try:
+            report = evaluate(
+                samples, reference, train, args.task,
+                STRICT if args.matcher == "strict" else CDVAE, args.seed,
+                cov=args.cov or ref_name or "mp-20", with_fingerprints=not args.no_fingerprints,
+                workers=args.workers, unreadable=sum(p.skipped for p in sample_problems),
+                cache_dir=_cache_root(args.cache) / "fingerprints")
+            print(report.summary())
+            if args.out:
+                write_report(report, args.out, plots=not args.no_plots)
+                print(f"report written to {args.out}")
+        except ImportError as exc:  # an optional dependency of the suite is missing
+            raise ValueError(f"{exc} (pip install 'autoperi[eval]')") from None
         return code
 
 

@@ -129,7 +129,8 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
     while k < len(args):
         arg = args[k]
         if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
-            raise ValueError(f"unexpected argument {arg!r}; overrides look like --model.hidden_dim=256")
+            raise ValueError(
+                f"unexpected argument {arg!r}; overrides look like --model.hidden_dim=256")
         if "=" in arg:
             key, value = arg[2:].split("=", 1)
         elif k + 1 < len(args):
@@ -159,7 +160,8 @@ def _parse(value, kind, key: str):
         if typing.get_origin(kind) is tuple:
             return tuple(v.strip() for v in value.split(",") if v.strip())
     except ValueError:
-        raise ValueError(f"{key}: cannot read {value!r} as {getattr(kind, '__name__', kind)}")
+        name = getattr(kind, "__name__", kind)
+        raise ValueError(f"{key}: cannot read {value!r} as {name}") from None
     return value
 
 

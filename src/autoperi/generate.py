@@ -33,7 +33,8 @@ def parse_targets(specs: Sequence[str]) -> dict[str, tuple[float, float]]:
             low, _, high = value.partition(":")
             bounds = (float(low), float(high or low))
         except ValueError:
-            raise ValueError(f"target {spec!r} must look like name=value or name=low:high") from None
+            raise ValueError(
+                f"target {spec!r} must look like name=value or name=low:high") from None
         if bounds[0] > bounds[1] or not all(map(math.isfinite, bounds)):
             raise ValueError(f"target {spec!r}: need finite low <= high")
         targets[name.strip()] = bounds

@@ -330,7 +330,8 @@ def _save_cache(dataset: CrystalDataset, folder: Path) -> None:
         "problems": [asdict(p) for p in dataset.problems],
     }
     with atomic_path(folder, is_dir=True) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "crystals.safetensors"))
+        save_file({k: v.contiguous() for k, v in tensors.items()},
+                  str(tmp / "crystals.safetensors"))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
 
 

@@ -77,7 +77,7 @@ class ReadResult(Sequence):
 def read_structures(
     path: str | Path,
     format: str | None = None,
-    limits: Limits = Limits(),
+    limits: Limits = Limits(),  # noqa: B008 - frozen dataclass, safe to share
     strict: bool = False,
 ) -> ReadResult:
     """Read every structure in `path` (a file, zip or folder; format from the name).
@@ -482,7 +482,7 @@ def _write_json(structures, path: Path) -> None:
 def _table(structures) -> pd.DataFrame:
     rows = [{"cif": _cif_text([s]), **(s.properties or {})} for s in structures]
     table = pd.DataFrame(rows, columns=_columns(rows))
-    for column in table.columns[table.dtypes == object]:
+    for column in table.columns[table.dtypes == "object"]:
         present = table[column].notna()
         if table.loc[present, column].map(type).nunique() > 1:
             # parquet wants one type per column: a column mixing e.g. int and str ids (two

@@ -90,3 +90,131 @@ def minimum_distances(structures: Sequence[Structure], cutoff: float = 6.0) -> n
             out[k] = float(edge_lengths(frac, lat, torch.zeros(len(s), dtype=torch.long),
                                         graph).min())
     return out
+
+
+# ====================================================================== bonds
+# Relative tolerance of the Bond Validation Rate. Measured on the bundled real data (per-atom
+# nearest-neighbour bond / sum of covalent radii, mean per-structure BVR at ±25 %): mp-20
+# 99.1 %, mpts-52 98.4 %, carbon-24 100 %, perov-5 89.3 % (Castelli's hypothetical cubic
+# perovskites: many strongly strained, BVR correlates with their heat of formation). A wider
+# window would pass perov-5 only by also passing C-C "bonds" of 2 Å, so the window stays at
+# ±25 % and the suite reports the reference set's BVR beside the samples'.
+BVR_TOLERANCE = 0.25
+_NEIGHBOUR_CUTOFF = 4.0  # Å; first search radius, doubled for atoms with no neighbour yet
+_MAX_NEIGHBOUR_CUTOFF = 64.0  # Å; an atom with no neighbour within this is "unbonded" (inf)
+
+
+@functools.lru_cache(maxsize=1)
+def covalent_radii() -> np.ndarray:
+    """Covalent radius of each element in Å indexed by Z, [MAX_Z + 1] (Cordero et al. 2008,
+    from the Magpie table); NaN where the table has no value (Z = 0 and Bk..Lr)."""
+    from autoperi.data.features import element_feature_names, element_features
+
+    table, missing = element_features(standardize=False)
+    column = element_feature_names().index("CovalentRadius")
+    radii = table[:, column].double().numpy() / 100.0  # pm -> Å
+    radii[missing[:, column].numpy()] = np.nan
+    return radii
+
+
+def _usable(structure: Structure, min_volume: float = MIN_VOLUME) -> bool:
+    """A structure whose geometry can be searched: atoms, finite numbers, a real volume."""
+    matrix = structure.lattice.matrix
+    return (len(structure) > 0 and bool(np.all(np.isfinite(matrix)))
+            and bool(np.all(np.isfinite(structure.frac_coords)))
+            and abs(np.linalg.det(matrix)) >= min_volume)
+
+
+def periodic_edges(structures: Sequence[Structure], cutoff: float,
+                   max_neighbors: int | None = None, unit_volume: bool = False,
+                   chunk: int = 512) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per structure (target [E], source [E], length [E]): every periodic edge shorter than
+    `cutoff`, atom indices local to the structure, sorted by target (geometry.graph).
+
+    With `unit_volume` each structure is first scaled isotropically to 1 Å^3 per atom, so
+    lengths and cutoff are in units of (V/N)^(1/3). Structures must be usable (finite, with
+    a volume); see `_usable`.
+    """
+    out = []
+    for lo in range(0, len(structures), chunk):
+        batch = CrystalBatch.from_structures(structures[lo:lo + chunk], property_names=(),
+                                             dtype=torch.float64)
+        lattice = batch.lattice
+        if unit_volume:
+            scale = (batch.num_atoms / torch.linalg.det(lattice).abs()) ** (1.0 / 3.0)
+            lattice = lattice * scale[:, None, None]
+        graph = radius_graph(batch.frac_coords, lattice, batch.num_atoms, cutoff, max_neighbors)
+        lengths = edge_lengths(batch.frac_coords, lattice, batch.crystal_idx, graph).numpy()
+        source, target = graph.edge_index.numpy()
+        offsets = np.concatenate([[0], np.cumsum(batch.num_atoms.numpy())])
+        crystal = batch.crystal_idx.numpy()[target]
+        bounds = np.searchsorted(crystal, np.arange(batch.num_crystals + 1))
+        for b in range(batch.num_crystals):
+            e = slice(bounds[b], bounds[b + 1])
+            out.append((target[e] - offsets[b], source[e] - offsets[b], lengths[e]))
+    return out
+
+
+def nearest_neighbours(structures: Sequence[Structure]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per structure (distance [n] in Å, neighbour [n]): for each atom the nearest other atom
+    over all periodic images (its own images included) and that atom's index.
+
+    inf / -1 for an atom with no neighbour within 64 Å; NaN / -1 for every atom of an
+    unusable structure (no atoms, non-finite numbers, no volume).
+    """
+    result: list = [None] * len(structures)
+    todo = []
+    for k, s in enumerate(structures):
+        if _usable(s):
+            todo.append(k)
+        else:
+            result[k] = (np.full(len(s), np.nan), np.full(len(s), -1))
+    cutoff = _NEIGHBOUR_CUTOFF
+    while todo:
+        edges = periodic_edges([structures[k] for k in todo], cutoff, max_neighbors=1)
+        last = cutoff >= _MAX_NEIGHBOUR_CUTOFF
+        missing = []
+        for k, (target, source, length) in zip(todo, edges, strict=True):
+            n = len(structures[k])
+            if len(target) == n or last:  # one edge per atom that has a neighbour
+                dist, neighbour = np.full(n, np.inf), np.full(n, -1)
+                dist[target], neighbour[target] = length, source
+                result[k] = (dist, neighbour)
+            else:
+                missing.append(k)
+        todo, cutoff = missing, cutoff * 2
+    return result
+
+
+def bond_ratios(structures: Sequence[Structure],
+                neighbours: list | None = None) -> list[np.ndarray]:
+    """Per structure, [n]: each atom's nearest-neighbour distance divided by the sum of the
+    two covalent radii (NaN where a radius is unknown or the structure is unusable).
+    `neighbours`: precomputed `nearest_neighbours(structures)`."""
+    radii = covalent_radii()
+    neighbours = nearest_neighbours(structures) if neighbours is None else neighbours
+    out = []
+    for s, (dist, neighbour) in zip(structures, neighbours, strict=True):
+        z = np.asarray(s.atomic_numbers)
+        expected = radii[z] + np.where(neighbour >= 0, radii[z[np.maximum(neighbour, 0)]], np.nan)
+        out.append(dist / expected)
+    return out
+
+
+def bond_validation_rate(structures: Sequence[Structure], tolerance: float = BVR_TOLERANCE,
+                         neighbours: list | None = None) -> np.ndarray:
+    """Bond Validation Rate per structure, [S], in [0, 1].
+
+    For every atom i take its nearest neighbour j over all periodic images (distance d_ij,
+    `nearest_neighbours`) and call the bond valid when
+    |d_ij / (r_i + r_j) - 1| <= tolerance, with r the covalent radii (`covalent_radii`).
+    BVR is the share of valid bonds among the atoms whose two radii are known (NaN if there
+    is none, or the structure is unusable). An atom with no neighbour within 64 Å has an
+    invalid (infinitely long) bond. `neighbours`: precomputed `nearest_neighbours`.
+    """
+    out = np.full(len(structures), np.nan)
+    for k, ratio in enumerate(bond_ratios(structures, neighbours)):
+        known = ~np.isnan(ratio)
+        if known.any():
+            out[k] = float(np.mean(np.abs(ratio[known] - 1.0) <= tolerance))
+    return out

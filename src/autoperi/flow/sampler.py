@@ -49,7 +49,6 @@ def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str
     stats, device = model.stats, next(model.parameters()).device
     num_atoms = request.num_atoms.to(device)
     b, n, k = len(num_atoms), int(num_atoms.sum()), len(stats.vocab)
-    crystal_idx = torch.repeat_interleave(torch.arange(b, device=device), num_atoms)
     csp = request.atomic_numbers is not None
 
     def randn(*shape):

@@ -28,7 +28,8 @@ def lattice_invariants(lattice: Tensor, num_atoms: Tensor) -> Tensor:
     volume = torch.linalg.det(lattice).abs()
     per_atom = torch.log(volume / num_atoms.to(volume.dtype)) / 3.0
     return torch.cat(
-        [log_len - log_len.mean(-1, keepdim=True), lattice_cosines(lattice), per_atom[:, None]], dim=-1
+        [log_len - log_len.mean(-1, keepdim=True), lattice_cosines(lattice), per_atom[:, None]],
+        dim=-1,
     )
 
 
