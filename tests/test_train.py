@@ -1,5 +1,6 @@
 """Training: a tiny real run, bit-exact resume, two-process DDP on CPU, model folders."""
 
+import importlib
 import os
 import subprocess
 import sys
@@ -52,7 +53,8 @@ def test_resume_continues_bit_for_bit(tmp_path, monkeypatch):
     straight = train(config(), tmp_path / "straight", progress=False)
 
     real_save = checkpoint.save_training_state
-    import autoperi.train as train_module
+    # The module, not the function `autoperi.train` that the package exports under its name.
+    train_module = importlib.import_module("autoperi.train")
 
     def save_then_die(folder, model, ema, optimizer, step, extra):
         real_save(folder, model, ema, optimizer, step, extra)
