@@ -1,0 +1,224 @@
+"""Write an evaluation `Report` to a folder: metrics.json, per_structure.csv, report.md and
+PNG plots (samples vs reference). Every file is written atomically."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from pymatgen.core import Element
+
+from autoperi.atomic import atomic_path
+from autoperi.eval.suite import Report
+
+PLOTS = {
+    "bond_lengths.png": "nearest-neighbour bond lengths",
+    "element_frequency.png": "element frequencies",
+    "lattice.png": "reduced lattice lengths and angles",
+    "density.png": "density",
+    "space_groups.png": "space groups",
+}
+_COLORS = {"samples": "tab:orange", "reference": "tab:blue"}
+
+# metric key, label, definition (shown in report.md)
+_HEADLINE = [
+    ("structural_validity", "Structural validity",
+     "every interatomic distance (all images) >= {min_distance} Å, volume >= {min_volume} Å³"),
+    ("compositional_validity", "Compositional validity",
+     "SMACT: charge-neutral common oxidation states with Pauling electronegativity order "
+     "(single elements and all-metal alloys valid)"),
+    ("validity", "Validity", "structurally and compositionally valid"),
+    ("bvr", "Bond Validation Rate",
+     "mean share of atoms whose nearest-neighbour bond is within ±{bvr_pct} % of the sum of "
+     "covalent radii"),
+    ("bvr_reference", "BVR of the reference", "the same for the reference set"),
+    ("uniqueness", "Uniqueness", "first member of each StructureMatcher class"),
+    ("novelty", "Novelty", "matches no structure of the {novelty_against} set"),
+    ("unique_novel", "Unique and novel", ""),
+    ("valid_unique_novel", "Valid, unique and novel (V.U.N.)", ""),
+    ("cov_recall", "COV-R", "reference structures recalled by a valid sample"),
+    ("cov_precision", "COV-P", "samples within the cutoffs of a reference structure"),
+    ("sun", "S.U.N.", "stable, unique and novel"),
+]
+_DISTRIBUTION = [
+    ("novelty_score", "Mean fingerprint novelty score", "1 − max similarity to {novelty_against}"),
+    ("wdist_density", "W1 density (g/cm³)", "valid samples vs reference"),
+    ("wdist_num_elements", "W1 number of elements", ""),
+    ("wdist_bond_length", "W1 nearest-neighbour bond length (Å)", ""),
+    ("kl_element_frequency", "KL element frequency (nats)", "KL(reference ‖ samples)"),
+    ("space_group_tvd", "Space-group total variation", "½ Σ \\|p − q\\| over space groups"),
+    ("p1_share", "Share of P1", "spglib, symprec {symprec} Å"),
+    ("p1_share_reference", "Share of P1 in the reference", ""),
+]
+_FRACTIONS = {key for key, *_ in _HEADLINE} | {"p1_share", "p1_share_reference"}
+
+
+def write_report(report: Report, out: str | Path, plots: bool = True) -> Path:
+    """Write metrics.json, per_structure.csv, report.md and (with `plots`) PNG files into
+    the folder `out` (created if needed; other files in it are left alone)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_text(out / "metrics.json", json.dumps(_plain(report.aggregate), indent=1) + "\n")
+    frame = report.per_structure.rename_axis("index")
+    with atomic_path(out / "per_structure.csv") as tmp:
+        frame.to_csv(tmp)
+    written = _plots(report, out) if plots else []
+    _write_text(out / "report.md", markdown(report, written))
+    return out
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def _plain(value):
+    """JSON-safe copy: numpy scalars to Python, NaN/inf to None."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.integer, np.bool_)):
+        return value.item()
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+# ====================================================================== markdown
+def _format(key: str, value) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    if key in _FRACTIONS:
+        return f"{100 * value:.1f} %"
+    return f"{value:.4g}"
+
+
+def markdown(report: Report, plots: list[str] = ()) -> str:
+    """report.md: settings, headline and distribution tables, CSP, failures, plots."""
+    a, t, frame = report.aggregate, report.aggregate["tolerances"], report.per_structure
+    names = {"min_distance": t["min_distance"], "min_volume": t["min_volume"],
+             "bvr_pct": f"{100 * t['bvr_tolerance']:g}", "symprec": t["symprec"],
+             "novelty_against": a["counts"]["novelty_against"]}
+    c = a["counts"]
+    lines = ["# AutoPeri evaluation report", "",
+             f"Suite {a['suite_version']} · autoperi {a['autoperi_version']} · task "
+             f"{a['task']} · seed {a['seed']}", "",
+             f"{c['samples']} samples ({c['unreadable']} unreadable, counted invalid) vs "
+             f"{c['reference']} reference structures; novelty against the "
+             f"{c['novelty_against']} set"
+             + (f" ({c['train']} structures)." if c["train"] is not None else "."), "",
+             "## Headline metrics", "", "| metric | value | definition |", "| --- | --- | --- |"]
+    for key, label, definition in _HEADLINE:
+        lines.append(f"| {label} | {_format(key, a.get(key))} | {definition.format(**names)} |")
+    if a.get("sun_note"):
+        lines += ["", f"Note: {a['sun_note']}."]
+    lines += ["", "## Distributions", "", "| metric | value | note |", "| --- | --- | --- |"]
+    for key, label, note in _DISTRIBUTION:
+        lines.append(f"| {label} | {_format(key, a.get(key))} | {note.format(**names)} |")
+    lines.append(f"| Space groups found | {a['space_groups_found']} | reference: "
+                 f"{a['space_groups_reference']} |")
+    if a.get("csp"):
+        s = a["csp"]
+        lines += ["", "## Crystal structure prediction", "", "| metric | value |",
+                  "| --- | --- |", f"| Match rate | {100 * s['match_rate']:.1f} % |",
+                  f"| RMSE (normalized) | {_format('rmse', s['rmse'])} |",
+                  f"| References | {s['references']} |",
+                  f"| Samples per reference (k) | {s['samples_per_reference']} |"]
+    lines += ["", "## Structures that failed", ""]
+    for column, what in (("struct_valid", "structurally invalid"),
+                         ("comp_valid", "compositionally invalid"),
+                         ("unique", "duplicates of an earlier sample"),
+                         ("novel", "copies of a known structure")):
+        bad = np.nonzero(~frame[column].to_numpy(dtype=bool))[0]
+        shown = ", ".join(str(k) for k in bad[:20]) + (" ..." if len(bad) > 20 else "")
+        lines.append(f"- {len(bad)} {what}" + (f": rows {shown}" if len(bad) else ""))
+    lines += ["", "Per-structure values (why a crystal failed): `per_structure.csv`.", "",
+              "## Tolerances", "", "| name | value |", "| --- | --- |"]
+    for key, value in t.items():
+        lines.append(f"| {key} | {json.dumps(_plain(value))} |")
+    if plots:
+        lines += ["", "## Plots (samples vs reference)", ""]
+        lines += [f"![{PLOTS[name]}]({name})" for name in plots]
+    return "\n".join(lines) + "\n"
+
+
+# ====================================================================== plots
+def _plots(report: Report, out: Path) -> list[str]:
+    from matplotlib.figure import Figure  # no pyplot: no global backend, no display
+
+    frames = {"samples": report.per_structure, "reference": report.reference}
+    valid = report.per_structure["struct_valid"].to_numpy(dtype=bool)
+    frames["samples"] = frames["samples"][valid]
+    written = []
+
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        with atomic_path(out / name) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+        written.append(name)
+
+    bonds = report.distributions["bond_length"]
+    fig = Figure(figsize=(6, 4))
+    _histograms(fig.add_subplot(), bonds, "nearest-neighbour distance (Å)")
+    save(fig, "bond_lengths.png")
+
+    freq = report.distributions["element_frequency"]
+    order = np.argsort(-(freq["reference"] + freq["samples"]))[:30]
+    order = order[(freq["reference"][order] + freq["samples"][order]) > 0]
+    fig = Figure(figsize=(10, 4))
+    ax = fig.add_subplot()
+    x = np.arange(len(order))
+    for shift, name in ((-0.2, "reference"), (0.2, "samples")):
+        ax.bar(x + shift, freq[name][order], width=0.4, label=name, color=_COLORS[name])
+    ax.set_xticks(x, [Element.from_Z(int(z)).symbol for z in order])
+    ax.set_ylabel("share of atoms")
+    ax.legend()
+    save(fig, "element_frequency.png")
+
+    fig = Figure(figsize=(10, 6))
+    for k, column in enumerate(("a", "b", "c", "alpha", "beta", "gamma")):
+        unit = "Å" if k < 3 else "°"
+        _histograms(fig.add_subplot(2, 3, k + 1),
+                    {n: f[column].to_numpy() for n, f in frames.items()}, f"{column} ({unit})")
+    save(fig, "lattice.png")
+
+    fig = Figure(figsize=(6, 4))
+    _histograms(fig.add_subplot(), {n: f["density"].to_numpy() for n, f in frames.items()},
+                "density (g/cm³)")
+    save(fig, "density.png")
+
+    fig = Figure(figsize=(10, 4))
+    ax = fig.add_subplot()
+    shares = {n: np.bincount(f["space_group"].to_numpy(dtype=int), minlength=231)
+              / max(len(f), 1) for n, f in frames.items()}
+    top = np.argsort(-(shares["reference"] + shares["samples"]))[:25]
+    top = top[(shares["reference"][top] + shares["samples"][top]) > 0]
+    x = np.arange(len(top))
+    for shift, name in ((-0.2, "reference"), (0.2, "samples")):
+        ax.bar(x + shift, shares[name][top], width=0.4, label=name, color=_COLORS[name])
+    ax.set_xticks(x, [str(g) if g else "?" for g in top], rotation=90)
+    ax.set_xlabel("space group number (spglib)")
+    ax.set_ylabel("share of structures")
+    ax.legend()
+    save(fig, "space_groups.png")
+    return written
+
+
+def _histograms(ax, data: dict[str, np.ndarray], xlabel: str) -> None:
+    """Overlaid density histograms of samples and reference on common bins."""
+    finite = {n: np.asarray(v, dtype=float)[np.isfinite(np.asarray(v, dtype=float))]
+              for n, v in data.items()}
+    pooled = np.concatenate(list(finite.values()))
+    if len(pooled):
+        low, high = np.quantile(pooled, [0.001, 0.999])
+        bins = np.linspace(low, high if high > low else low + 1.0, 41)
+        for name, style in (("reference", {"alpha": 0.45}),
+                            ("samples", {"histtype": "step", "linewidth": 1.6})):
+            if len(finite[name]):
+                ax.hist(np.clip(finite[name], bins[0], bins[-1]), bins=bins, density=True,
+                        label=f"{name} ({len(finite[name])})", color=_COLORS[name], **style)
+        ax.legend(fontsize="small")
+    ax.set_xlabel(xlabel)
