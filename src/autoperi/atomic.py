@@ -24,6 +24,9 @@ def atomic_path(path: str | Path, is_dir: bool = False) -> Iterator[Path]:
                                     dir=path.parent)
         os.close(fd)
         tmp = Path(name)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a finished file is ordinary
     try:
         yield tmp
         if is_dir and path.exists():
