@@ -75,6 +75,20 @@ def test_resume_continues_bit_for_bit(tmp_path, monkeypatch):
     assert steps == ["step", "2", "4", "6"]
 
 
+def test_resume_upgrades_an_old_log_header(tmp_path):
+    from autoperi.train import _CsvLog
+
+    log = tmp_path / "train_log.csv"
+    log.write_text("step,lr,train_loss,val_loss\n2,0.1,3.5,4.0\n")
+    writer = _CsvLog(log, resume=True)
+    writer.write({"step": 4, "lr": 0.05, "train_loss": 3.0})
+    header, first, second = log.read_text().splitlines()
+    assert header.split(",") == list(_CsvLog.FIELDS)
+    row = dict(zip(_CsvLog.FIELDS, first.split(",")))
+    assert row["train_loss"] == "3.5" and row["val_loss"] == "4.0"
+    assert second.startswith("4,0.05")
+
+
 def test_bf16_autocast_trains(tmp_path):
     run = train(config(**{"train.precision": "bf16", "train.steps": 2}), tmp_path / "r",
                 progress=False)

@@ -224,6 +224,13 @@ class _CsvLog:
         self.path = path
         if not resume or not path.exists():
             path.write_text(",".join(self.FIELDS) + "\n")
+        elif path.read_text().split("\n", 1)[0] != ",".join(self.FIELDS):
+            # A run resumed by a newer version: rewrite the log under the current columns.
+            rows = list(csv.DictReader(path.open()))
+            with path.open("w", newline="") as f:
+                writer = csv.DictWriter(f, self.FIELDS, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(rows)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
