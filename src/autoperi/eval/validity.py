@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -53,7 +52,6 @@ def _formula_counts(item) -> tuple[tuple[str, int], ...]:
 @functools.lru_cache(maxsize=65536)
 def _smact_valid(counts: tuple[tuple[str, int], ...]) -> bool:
     from smact import Element as SmactElement
-    from smact.screening import pauling_test
 
     symbols = [s for s, _ in counts]
     if len(symbols) == 1:
@@ -64,19 +62,36 @@ def _smact_valid(counts: tuple[tuple[str, int], ...]) -> bool:
         elements = [SmactElement(s) for s in symbols]
     except (NameError, KeyError, ValueError):
         return False  # SMACT has no data (e.g. heavy actinides): not provably valid
-    electroneg = [e.pauling_eneg for e in elements]
     ox_lists = [e.oxidation_states or [] for e in elements]
     if any(not ox for ox in ox_lists):
         return False
+    electroneg = [e.pauling_eneg for e in elements]
     stoich = [n for _, n in counts]
-    for states in itertools.product(*ox_lists):
-        if sum(q * n for q, n in zip(states, stoich)) != 0:
-            continue
-        if any(x is None for x in electroneg):
-            return True  # no electronegativity to contradict a neutral assignment
-        if pauling_test(states, electroneg):
-            return True
-    return False
+    check_pauling = all(x is not None for x in electroneg)  # else neutrality suffices
+    return _neutral_and_ordered(ox_lists, stoich, electroneg if check_pauling else None)
+
+
+def _neutral_and_ordered(ox_lists, stoich, electroneg) -> bool:
+    """Is there one oxidation state per element with zero total charge and (if electroneg is
+    given) every cation strictly less electronegative than every anion (SMACT's Pauling
+    test)? Dynamic programming over elements sorted by electronegativity, so compositions
+    with many elements cost a few thousand states instead of a product of state lists."""
+    order = sorted(range(len(stoich)), key=lambda k: electroneg[k] if electroneg else 0.0)
+    # state: (charge so far, an anion was chosen, largest cation electronegativity so far)
+    states = {(0, False, float("-inf"))}
+    for k in order:
+        e = electroneg[k] if electroneg else 0.0
+        nxt = set()
+        for charge, anion_seen, max_cation in states:
+            for q in set(ox_lists[k]):
+                if electroneg and q > 0 and anion_seen:
+                    continue  # an earlier anion is no more electronegative than this cation
+                if electroneg and q < 0 and not max_cation < e:
+                    continue
+                nxt.add((charge + q * stoich[k], anion_seen or q < 0,
+                         max(max_cation, e) if q > 0 else max_cation))
+        states = nxt
+    return any(charge == 0 for charge, _, _ in states)
 
 
 def minimum_distances(structures: Sequence[Structure], cutoff: float = 6.0) -> np.ndarray:
