@@ -71,21 +71,11 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class SampleConfig:
-    steps: int = 50
-    method: str = "heun"  # "euler" or "heun"
-    guidance: float = 1.0  # classifier-free guidance scale (1 = plain conditional)
-    batch_size: int = 256
-    seed: int = 0
-
-
-@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
 
     def to_dict(self) -> dict:
         return _to_plain(dataclasses.asdict(self))
