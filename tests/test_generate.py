@@ -133,3 +133,16 @@ def test_cli_generation_errors_are_one_line(run, tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error:")
     assert main(["sample", "--model", str(tmp_path / "missing"), "--out",
                  str(tmp_path / "x.cif")]) == 2
+
+
+@pytest.mark.parametrize("name", ["mp-20", "perov-5", "carbon-24"])
+def test_shipped_models_load_and_generate_offline(name):
+    from autoperi.checkpoint import load_model
+
+    model, config = load_model(name)
+    assert config.data.dataset == name
+    if config.flow.generate_types:
+        out = sample(model, num=2, steps=2, progress=False)
+    else:  # Carbon-24 is a structure-prediction model
+        out = predict_structures(["C8"], model, steps=2, progress=False)
+    assert all(len(s) > 0 and s.lattice.volume > 0 for s in out)
