@@ -18,11 +18,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from autoperi.checkpoint import load_model  # noqa: E402
-from autoperi.eval.predictor import PropertyPredictor  # noqa: E402
+from autoperi.config import parse_targets  # noqa: E402
+from autoperi.eval.predictor import SHIPPED, shipped_predictors  # noqa: E402
 from autoperi.eval.validity import compositional_validity, structural_validity  # noqa: E402
-from autoperi.generate import parse_targets, sample  # noqa: E402
-
-PREDICTORS = Path(__file__).parents[1] / "src/autoperi/pretrained/predictors"
+from autoperi.generate import sample  # noqa: E402
 
 
 def main() -> None:
@@ -39,7 +38,7 @@ def main() -> None:
     torch.set_num_threads(1)
     model, config = load_model(args.model)
     (name, (low, high)), = parse_targets([args.target]).items()
-    predictor = PropertyPredictor.load(PREDICTORS / config.data.dataset / name)
+    predictor = shipped_predictors(config.data.dataset)[name]
     exclude = [e for e in args.exclude.split(",") if e]
     rows = []
     for label, targets, scale in [("unconditioned", None, 1.0)] + [
@@ -59,7 +58,7 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     result = {"model": args.model, "target": args.target, "exclude": exclude, "num": args.num,
               "steps": args.steps, "seed": args.seed,
-              "predictor": str(PREDICTORS / config.data.dataset / name),
+              "predictor": str(SHIPPED / config.data.dataset / name),
               "predictor_metrics": predictor.metrics, "rows": rows}
     out = Path(args.out) / f"guidance_{Path(args.model).name}_{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

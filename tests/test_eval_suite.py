@@ -26,7 +26,7 @@ from autoperi.eval.novelty import (
     tanimoto,
     uniqueness,
 )
-from autoperi.eval.report import PLOTS, write_report
+from autoperi.eval.report import write_report
 from autoperi.eval.suite import SUITE_VERSION, evaluate
 from autoperi.eval.validity import BVR_TOLERANCE, bond_ratios, bond_validation_rate
 
@@ -213,8 +213,13 @@ def test_report_files(fingerprint_report, tmp_path):
     assert len(lines) == 5 and lines[0].startswith("index,formula")
     text = (out / "report.md").read_text()
     assert "| Structural validity | 100.0 % |" in text and "| COV-R | 100.0 % |" in text
-    for name in PLOTS:
+    for name in ("bond_lengths.png", "element_frequency.png", "lattice.png", "density.png",
+                 "space_groups.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert f"]({name})" in text
+    assert not (out / "energy.png").exists()  # no potential was asked for
+    html = (out / "explorer.html").read_text()
+    assert "Plotly.newPlot" in html and 'src="http' not in html  # offline: JS inside
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporaries left
 
 

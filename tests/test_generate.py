@@ -7,11 +7,10 @@ import pytest
 import torch
 
 from autoperi.cli import main
-from autoperi.config import Config
+from autoperi.config import Config, parse_targets
 from autoperi.data.io import read_structures
 from autoperi.generate import (
     element_mask,
-    parse_targets,
     predict_properties,
     predict_structures,
     sample,

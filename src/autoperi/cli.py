@@ -179,7 +179,8 @@ class _sample:
 
     @staticmethod
     def run(args) -> int:
-        from autoperi.generate import parse_targets, sample, timed
+        from autoperi.config import parse_targets
+        from autoperi.generate import sample, timed
 
         split = lambda text: [s for s in (text or "").split(",") if s.strip()]  # noqa: E731
         targets = parse_targets(args.target)
@@ -261,6 +262,19 @@ class _evaluate:
         p.add_argument("--workers", type=int, default=1, help="processes for matching and "
                                                               "fingerprints (1)")
         p.add_argument("--cache", help="dataset and fingerprint cache (default ~/.cache/autoperi)")
+        p.add_argument("--mlip", choices=("chgnet",),
+                       help="energies and energy above the hull with this potential (S.U.N.)")
+        p.add_argument("--relax", action="store_true",
+                       help="with --mlip: relax positions and cell first (relaxation energy, "
+                            "RMSD; E_hull of the relaxed structures)")
+        p.add_argument("--hull", help="structures whose potential energies build the convex "
+                                      "hull (default: --train, else --reference)")
+        p.add_argument("--target", action="append", default=[],
+                       help="property window, e.g. band_gap=1.35:1.65 (repeatable): hit rate, "
+                            "MAE, Recall@100, rediscovery")
+        p.add_argument("--predictor", action="append", default=[],
+                       help="NAME=FOLDER: independent predictor for a target property "
+                            "(default: the one shipped for the reference dataset)")
         p.add_argument("--allow-skipped", action="store_true",
                        help="exit 0 even if reference or training structures were skipped")
         p.set_defaults(run=_evaluate.run)
@@ -285,6 +299,23 @@ class _evaluate:
         return result.structures, result.problems, None
 
     @staticmethod
+    def predictors(specs, dataset, targets) -> dict:
+        """{name: PropertyPredictor} from NAME=FOLDER specs, else the shipped ones."""
+        from autoperi.eval.predictor import PropertyPredictor, shipped_predictors
+
+        out = shipped_predictors(dataset) if dataset and targets else {}
+        for spec in specs:
+            name, sep, folder = spec.partition("=")
+            if not sep:
+                raise ValueError(f"--predictor {spec!r} must look like NAME=FOLDER")
+            out[name.strip()] = PropertyPredictor.load(folder)
+        missing = sorted(set(targets) - set(out))
+        if missing:
+            raise ValueError(f"no independent predictor for target {', '.join(missing)}; "
+                             "pass --predictor NAME=FOLDER (tools/train_predictors.py)")
+        return out
+
+    @staticmethod
     def run(args) -> int:
         from autoperi.data.datasets import _cache_root
         from autoperi.eval.match import CDVAE, STRICT
@@ -301,8 +332,19 @@ class _evaluate:
         if args.train:
             train, train_problems, _ = _evaluate.load(args.train, args.cache)
             problems += train_problems
+        hull = None
+        if args.hull:
+            hull, hull_problems, _ = _evaluate.load(args.hull, args.cache)
+            problems += hull_problems
+        if (args.relax or args.hull) and not args.mlip:
+            raise ValueError("--relax and --hull need --mlip")
+        from autoperi.config import parse_targets
+
+        targets = parse_targets(args.target)
+        predictors = _evaluate.predictors(args.predictor, ref_name, targets)
         code = _report(problems, args.allow_skipped)
-        for what, items in (("samples", samples), ("reference", reference), ("train", train)):
+        for what, items in (("samples", samples), ("reference", reference), ("train", train),
+                            ("hull", hull)):
             if items is not None and not items:
                 raise ValueError(f"no readable structures in {what} {getattr(args, what)}")
         try:
@@ -311,7 +353,8 @@ class _evaluate:
                 STRICT if args.matcher == "strict" else CDVAE, args.seed,
                 cov=args.cov or ref_name or "mp-20", with_fingerprints=not args.no_fingerprints,
                 workers=args.workers, unreadable=sum(p.skipped for p in sample_problems),
-                cache_dir=_cache_root(args.cache) / "fingerprints")
+                cache_dir=_cache_root(args.cache) / "fingerprints", mlip=args.mlip,
+                relax=args.relax, hull_reference=hull, targets=targets, predictors=predictors)
             print(report.summary())
             if args.out:
                 write_report(report, args.out, plots=not args.no_plots)

@@ -8,7 +8,9 @@ and output, so a run can be reproduced from its folder alone.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,3 +163,22 @@ def _to_plain(value):
     if isinstance(value, (tuple, list)):
         return [_to_plain(v) for v in value]
     return value
+
+
+def parse_targets(specs: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """["band_gap=1.35:1.65", "heat_ref=-0.5"] -> {name: (low, high)} (a value is low = high)."""
+    targets = {}
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            low, _, high = value.partition(":")
+            bounds = (float(low), float(high or low))
+        except ValueError:
+            raise ValueError(
+                f"target {spec!r} must look like name=value or name=low:high") from None
+        if bounds[0] > bounds[1] or not all(map(math.isfinite, bounds)):
+            raise ValueError(f"target {spec!r}: need finite low <= high")
+        targets[name.strip()] = bounds
+    return targets

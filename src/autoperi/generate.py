@@ -5,7 +5,6 @@ structure prediction (CSP) for given compositions. Both return pymatgen structur
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Sequence
 
@@ -20,25 +19,6 @@ from autoperi.flow.paths import lattice_to_y
 from autoperi.flow.sampler import Request, sample_flow
 
 log = logging.getLogger(__name__)
-
-
-def parse_targets(specs: Sequence[str]) -> dict[str, tuple[float, float]]:
-    """["band_gap=1.35:1.65", "heat_ref=-0.5"] -> {name: (low, high)} (a value is low = high)."""
-    targets = {}
-    for spec in specs:
-        name, sep, value = spec.partition("=")
-        try:
-            if not sep:
-                raise ValueError
-            low, _, high = value.partition(":")
-            bounds = (float(low), float(high or low))
-        except ValueError:
-            raise ValueError(
-                f"target {spec!r} must look like name=value or name=low:high") from None
-        if bounds[0] > bounds[1] or not all(map(math.isfinite, bounds)):
-            raise ValueError(f"target {spec!r}: need finite low <= high")
-        targets[name.strip()] = bounds
-    return targets
 
 
 def element_mask(model: FlowModel, elements: Sequence[str] = (),

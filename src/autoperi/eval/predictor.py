@@ -128,3 +128,16 @@ def _xy(structures: Sequence[Structure], name: str) -> tuple[torch.Tensor, torch
     if len(kept) < 10:
         raise ValueError(f"only {len(kept)} structures have property {name!r}")
     return descriptors(kept), torch.tensor([float(s.properties[name]) for s in kept])
+
+
+SHIPPED = Path(__file__).parents[1] / "pretrained" / "predictors"
+
+
+def shipped_predictors(dataset: str) -> dict[str, PropertyPredictor]:
+    """The independent predictors shipped for a bundled dataset, {property: predictor}
+    (empty for datasets without any)."""
+    folder = SHIPPED / dataset
+    if not folder.is_dir():
+        return {}
+    return {p.name: PropertyPredictor.load(p) for p in sorted(folder.iterdir())
+            if (p / "predictor.json").exists()}

@@ -19,6 +19,8 @@ PLOTS = {
     "lattice.png": "reduced lattice lengths and angles",
     "density.png": "density",
     "space_groups.png": "space groups",
+    "energy.png": "energy per atom and energy above the hull (samples)",
+    "explorer.html": "Property Explorer (3-D PCA map, interactive)",
 }
 _COLORS = {"samples": "tab:orange", "reference": "tab:blue"}
 
@@ -40,7 +42,8 @@ _HEADLINE = [
     ("valid_unique_novel", "Valid, unique and novel (V.U.N.)", ""),
     ("cov_recall", "COV-R", "reference structures recalled by a valid sample"),
     ("cov_precision", "COV-P", "samples within the cutoffs of a reference structure"),
-    ("sun", "S.U.N.", "stable, unique and novel"),
+    ("sun", "S.U.N.", "stable (E_hull <= 0.1 eV/atom, or given flags), unique and novel"),
+    ("sun_strict", "S.U.N. at 0.0 eV/atom", "on or below the hull, unique and novel"),
 ]
 _DISTRIBUTION = [
     ("novelty_score", "Mean fingerprint novelty score", "1 − max similarity to {novelty_against}"),
@@ -52,7 +55,30 @@ _DISTRIBUTION = [
     ("p1_share", "Share of P1", "spglib, symprec {symprec} Å"),
     ("p1_share_reference", "Share of P1 in the reference", ""),
 ]
-_FRACTIONS = {key for key, *_ in _HEADLINE} | {"p1_share", "p1_share_reference"}
+_ENERGY = [
+    ("with_e_above_hull", "With an energy above the hull", ""),
+    ("mean_energy_per_atom", "Mean energy (eV/atom)", "as generated"),
+    ("median_e_above_hull", "Median E_hull (eV/atom)", "relaxed when relaxed"),
+    ("stable", "Stable", "E_hull <= 0.0 eV/atom"),
+    ("metastable", "Metastable", "E_hull <= 0.1 eV/atom"),
+    ("relaxation_energy_below_threshold", "Relaxation energy < 0.5 eV/atom",
+     "E_unrelaxed − E_relaxed"),
+    ("mean_relaxation_energy", "Mean relaxation energy (eV/atom)", ""),
+    ("mean_relax_rmsd", "Mean relaxation RMSD (Å)", "periodic, rigid shift removed"),
+    ("relax_converged", "Relaxations converged", "max generalized force < fmax"),
+]
+_TARGET = [
+    ("hit_rate", "Hit rate (independent predictor)"),
+    ("own_hit_rate", "Hit rate (generator's own head)"),
+    ("mae", "MAE to the window"),
+    ("mean_predicted", "Mean predicted value"),
+    ("recall@100", "Recall@100"),
+    ("reference_in_window", "Reference in the window"),
+]
+_FRACTIONS = ({key for key, *_ in _HEADLINE} | {"p1_share", "p1_share_reference"}
+              | {"with_e_above_hull", "stable", "metastable", "relax_converged",
+                 "relaxation_energy_below_threshold", "hit_rate", "own_hit_rate",
+                 "recall@100", "reference_in_window", "rediscovered"})
 
 
 def write_report(report: Report, out: str | Path, plots: bool = True) -> Path:
@@ -120,6 +146,25 @@ def markdown(report: Report, plots: list[str] = ()) -> str:
         lines.append(f"| {label} | {_format(key, a.get(key))} | {note.format(**names)} |")
     lines.append(f"| Space groups found | {a['space_groups_found']} | reference: "
                  f"{a['space_groups_reference']} |")
+    if a.get("energy"):
+        e = a["energy"]
+        how = "relaxed (positions and cell)" if e["relaxed"] else "as generated (no relaxation)"
+        lines += ["", "## Energy and stability", "",
+                  f"Potential {e['potential']}, {how}; convex hull of {e['hull_reference']} "
+                  "reference crystals plus elemental corners relaxed with the same potential "
+                  "(`eval.stability`).", "",
+                  "| metric | value | note |", "| --- | --- | --- |"]
+        lines += [f"| {label} | {_format(key, e[key])} | {note} |"
+                  for key, label, note in _ENERGY if key in e]
+    for name, t in (a.get("targets") or {}).items():
+        lines += ["", f"## Target {name} in [{t['low']:g}, {t['high']:g}]", "",
+                  "| metric | value |", "| --- | --- |"]
+        lines += [f"| {label} | {_format(key, t[key])} |" for key, label in _TARGET]
+        if t["rediscovery"]:
+            r = t["rediscovery"]
+            lines.append(f"| Rediscovered of the reference's top {r['percent']:g} % "
+                         f"({r['reference_crystals']}) | "
+                         f"{_format('rediscovered', r['rediscovered'])} |")
     if a.get("csp"):
         s = a["csp"]
         lines += ["", "## Crystal structure prediction", "", "| metric | value |",
@@ -141,8 +186,15 @@ def markdown(report: Report, plots: list[str] = ()) -> str:
         lines.append(f"| {key} | {json.dumps(_plain(value))} |")
     if plots:
         lines += ["", "## Plots (samples vs reference)", ""]
-        lines += [f"![{PLOTS[name]}]({name})" for name in plots]
+        lines += [f"![{_label(name)}]({name})" if name.endswith(".png")
+                  else f"- [{_label(name)}]({name})" for name in plots]
     return "\n".join(lines) + "\n"
+
+
+def _label(name: str) -> str:
+    if name.startswith("property_"):
+        return f"{name[9:-4]}: samples (independent predictor) vs reference, target shaded"
+    return PLOTS[name]
 
 
 # ====================================================================== plots
@@ -204,6 +256,36 @@ def _plots(report: Report, out: Path) -> list[str]:
     ax.set_ylabel("share of structures")
     ax.legend()
     save(fig, "space_groups.png")
+
+    if "e_above_hull" in report.per_structure:
+        fig = Figure(figsize=(10, 4))
+        frame = report.per_structure
+        energy = frame.get("relaxed_energy_per_atom", frame["energy_per_atom"])
+        _histograms(fig.add_subplot(1, 2, 1), {"samples": energy.to_numpy(),
+                                               "reference": np.zeros(0)}, "energy (eV/atom)")
+        ax = fig.add_subplot(1, 2, 2)
+        _histograms(ax, {"samples": frame["e_above_hull"].to_numpy(),
+                         "reference": np.zeros(0)}, "energy above hull (eV/atom)")
+        for x in (0.0, 0.1):
+            ax.axvline(x, color="k", linestyle=":", linewidth=1)
+        save(fig, "energy.png")
+
+    for name, t in (report.aggregate.get("targets") or {}).items():
+        values = report.distributions[f"property:{name}"]
+        fig = Figure(figsize=(6, 4))
+        ax = fig.add_subplot()
+        _histograms(ax, {"samples": values["samples"],
+                         "reference": (np.zeros(0) if values["reference"] is None
+                                       else values["reference"])}, name)
+        ax.axvspan(t["low"], t["high"] if t["high"] > t["low"] else t["low"] + 1e-3,
+                   color="tab:green", alpha=0.2, label="target")
+        save(fig, f"property_{name}.png")
+
+    if "explorer" in report.distributions:
+        from autoperi.eval.explorer import write_explorer
+
+        write_explorer(report.distributions["explorer"], out / "explorer.html")
+        written.append("explorer.html")
     return written
 
 

@@ -30,6 +30,8 @@ from autoperi.eval.distribution import (
     element_frequencies,
     space_groups,
 )
+from autoperi.eval.energy import Potential, default_potential
+from autoperi.eval.explorer import explorer_data
 from autoperi.eval.match import CDVAE, MatcherSettings, csp_rms, csp_summary
 from autoperi.eval.novelty import (
     RDF_GRID,
@@ -38,6 +40,8 @@ from autoperi.eval.novelty import (
     first_matches,
     novelty_scores,
 )
+from autoperi.eval.stability import stability_table
+from autoperi.eval.targets import evaluate_targets, reference_values
 from autoperi.eval.validity import (
     BVR_TOLERANCE,
     MIN_DISTANCE,
@@ -51,8 +55,8 @@ from autoperi.eval.validity import (
 
 SUITE_VERSION = "1.0"
 TASKS = ("dng", "csp")
-SUN_NOTE = ("S.U.N. (stable, unique, novel) needs per-structure stability, e.g. energy above "
-            "the hull from a relaxation; pass evaluate(..., stability=flags) once it exists")
+SUN_NOTE = ("S.U.N. (stable, unique, novel) needs per-structure stability: evaluate with "
+            "mlip='chgnet' (CLI --mlip chgnet [--relax]) or pass stability=flags")
 
 
 @dataclass
@@ -83,6 +87,16 @@ class Report:
                  f"COV-R {_pct(a['cov_recall'])}, COV-P {_pct(a['cov_precision'])}; "
                  f"W1 density {a['wdist_density']:.4g} g/cm3, #elements "
                  f"{a['wdist_num_elements']:.4g}, bond length {a['wdist_bond_length']:.4g} Å"]
+        if a.get("energy"):
+            e = a["energy"]
+            lines.append(f"{e['potential']}{' (relaxed)' if e['relaxed'] else ''}: stable "
+                         f"{_pct(e['stable'])} (E_hull <= 0), metastable {_pct(e['metastable'])}"
+                         f" (<= 0.1 eV/atom); S.U.N. {_pct(a['sun'])} (<= 0.1), "
+                         f"{_pct(a.get('sun_strict'))} (<= 0)")
+        for name, t in (a.get("targets") or {}).items():
+            lines.append(f"target {name} in [{t['low']:g}, {t['high']:g}]: hit rate "
+                         f"{_pct(t['hit_rate'])} (independent predictor), MAE {t['mae']:.3g}, "
+                         f"recall@100 {_pct(t['recall@100'])}")
         if a.get("csp"):
             lines.append(f"CSP match rate {_pct(a['csp']['match_rate'])}, "
                          f"RMSE {a['csp']['rmse']:.4g} (k = {a['csp']['samples_per_reference']})")
@@ -99,7 +113,11 @@ def evaluate(samples: Sequence[Structure], reference: Sequence[Structure],
              cov: str | CoverageCutoffs = "mp-20", with_fingerprints: bool = True,
              max_fingerprint_reference: int | None = None, workers: int = 1,
              progress: bool = True, unreadable: int = 0,
-             stability: Sequence[bool] | None = None, cache_dir=None) -> Report:
+             stability: Sequence[bool] | None = None, cache_dir=None,
+             mlip: str | Potential | None = None, relax: bool = False,
+             hull_reference: Sequence[Structure] | None = None,
+             targets: dict | None = None, predictors: dict | None = None,
+             reference_properties: dict | None = None, explorer: bool = True) -> Report:
     """Evaluate generated structures against a reference set (and the training set).
 
     task "dng" (de novo generation) or "csp" (structure prediction: samples[i] predicts
@@ -111,7 +129,17 @@ def evaluate(samples: Sequence[Structure], reference: Sequence[Structure],
     many reference structures (a random subset drawn with `seed`). unreadable: samples that
     could not even be read; they count as invalid in the validity shares. stability:
     per-sample flags (e.g. E_hull below a threshold) for S.U.N.; None leaves it empty.
-    cache_dir: reuse CrystalNN fingerprints of the reference set across runs.
+    cache_dir: reuse CrystalNN fingerprints (and potential energies of the hull) across runs.
+    mlip: "chgnet" or a `Potential`: energies per atom, energy above the hull of
+    `hull_reference` (default: train, else reference) with elemental corners, and (with
+    `relax`) relaxation energy and RMSD per structure; S.U.N. then counts structures within
+    0.1 eV/atom of the hull (and `sun_strict` those at or below it) unless `stability` is
+    given. targets {name: (low, high)} with `predictors` {name: PropertyPredictor}: hit
+    rates, MAE, Recall@100 and rediscovery (`eval.targets`); `reference_properties` {name:
+    [R] values} are the reference's true values (default: read from its properties).
+    explorer: compute the 3-D Property Explorer map (`eval.explorer`), coloured by the first
+    target's property (samples: independent prediction, reference: true value), else by
+    density.
     """
     same = samples is reference
     samples = _checked(samples, "samples")
@@ -142,8 +170,24 @@ def evaluate(samples: Sequence[Structure], reference: Sequence[Structure],
     frame["novel"] = hit < 0
     frame["known_match"] = hit  # index in train (or reference) of the first match, -1: none
     frame["novelty_score"] = novelty_scores(fingerprints(samples), fingerprints(novelty_set))
+    energy = None
+    if mlip is not None:
+        hull_set = hull_reference if hull_reference is not None else novelty_set
+        table, energy = stability_table(samples, hull_set, _potential(mlip), relax,
+                                        cache_dir, progress)
+        frame = frame.join(table.rename(columns={"stable": "on_hull"}))
+        if stability is None:
+            stability = table["metastable"].to_numpy()
+            frame["sun_strict"] = (table["stable"].to_numpy() & frame["unique"].to_numpy()
+                                   & frame["novel"].to_numpy())
     if stability is not None:
         frame["stable"] = np.asarray(stability, dtype=bool)
+    target_summary = None
+    if targets:
+        target_frame, target_summary = evaluate_targets(
+            samples, reference, targets, predictors or {}, matcher, reference_properties,
+            workers, progress)
+        frame = frame.join(target_frame)
 
     valid = frame["struct_valid"].to_numpy()
     cov_flags = _coverage(samples, reference, valid, cutoffs, with_fingerprints,
@@ -163,12 +207,35 @@ def evaluate(samples: Sequence[Structure], reference: Sequence[Structure],
                            with_fingerprints, max_fingerprint_reference)
     aggregate.update(compare(data_s, data_r))
     aggregate["csp"] = csp
+    aggregate["energy"] = energy
+    if "sun_strict" in frame:
+        aggregate["sun_strict"] = float(frame["sun_strict"].sum() / (len(frame) + unreadable))
+    aggregate["targets"] = target_summary
     distributions = {key: {"samples": data_s[key], "reference": data_r[key]}
                      for key in ("bond_length", "element_frequency")}
+    for name in targets or {}:
+        distributions[f"property:{name}"] = {
+            "samples": frame[f"{name}_predicted"].to_numpy(),
+            "reference": reference_values(reference, name, reference_properties)}
+    if explorer:
+        distributions["explorer"] = _explorer(samples, reference, frame, ref_frame, targets,
+                                              distributions)
+    if "e_above_hull" in frame:
+        distributions["e_above_hull"] = frame["e_above_hull"].to_numpy()
     return Report(frame, ref_frame, aggregate, distributions)
 
 
 # ---------------------------------------------------------------------- pieces
+MLIPS = ("chgnet",)
+
+
+def _potential(mlip) -> Potential:
+    if isinstance(mlip, Potential):
+        return mlip
+    if mlip != "chgnet":
+        raise ValueError(f"unknown potential {mlip!r}; use one of {MLIPS} or pass a Potential")
+    return default_potential()
+
 def _checked(structures, name: str) -> list[Structure]:
     structures = list(structures)
     if not structures:
@@ -284,6 +351,19 @@ def _csp(samples, reference, matcher, frame) -> dict:
     summary = csp_summary(table)
     summary["references_without_samples"] = int(len(reference) - len(np.unique(inputs)))
     return summary
+
+
+def _explorer(samples, reference, frame, ref_frame, targets, distributions) -> dict:
+    if targets:
+        name = next(iter(targets))
+        values = distributions[f"property:{name}"]
+        truth = values["reference"]
+        if truth is None:
+            truth = np.full(len(reference), np.nan)
+        return explorer_data(samples, reference, values["samples"], truth,
+                             f"{name} (samples: independent predictor)")
+    return explorer_data(samples, reference, frame["density"], ref_frame["density"],
+                         "density (g/cm³)")
 
 
 def _mean(values) -> float:
