@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"autoperi {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
-    for module in (_convert, _dataset, _train, _sample, _csp, _evaluate):
+    for module in (_convert, _dataset, _train, _sample, _csp, _evaluate, _benchmark):
         module.add(commands)
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "accepts_overrides", False):
@@ -39,6 +39,22 @@ def _report(problems, allow_skipped: bool) -> int:
         print(problem, file=sys.stderr)
     skipped = sum(p.skipped for p in problems)
     return 1 if skipped and not allow_skipped else 0
+
+
+def _suite_options(p) -> None:
+    """Options of the benchmark suite shared by `evaluate` and `benchmark`."""
+    p.add_argument("--no-fingerprints", action="store_true",
+                   help="skip the slow CrystalNN fingerprints (no COV-R / COV-P)")
+    p.add_argument("--no-plots", action="store_true", help="reports without plots")
+    p.add_argument("--workers", type=int, default=1, help="processes for matching and "
+                                                          "fingerprints (1)")
+    p.add_argument("--cache", help="dataset, fingerprint and energy cache "
+                                   "(default ~/.cache/autoperi)")
+    p.add_argument("--mlip", choices=("chgnet",),
+                   help="energies and energy above the hull with this potential (S.U.N.)")
+    p.add_argument("--relax", action="store_true",
+                   help="with --mlip: relax positions and cell first (relaxation energy, "
+                        "RMSD; E_hull of the relaxed structures)")
 
 
 class _convert:
@@ -256,17 +272,7 @@ class _evaluate:
                        help="StructureMatcher tolerances: cdvae 0.5/0.3/10, strict 0.3/0.2/5")
         p.add_argument("--cov", choices=("mp-20", "mpts-52", "carbon-24", "perov-5"),
                        help="COV cutoff preset (default: the reference dataset's, else mp-20)")
-        p.add_argument("--no-fingerprints", action="store_true",
-                       help="skip the slow CrystalNN fingerprints (no COV-R / COV-P)")
-        p.add_argument("--no-plots", action="store_true", help="--out without the PNG plots")
-        p.add_argument("--workers", type=int, default=1, help="processes for matching and "
-                                                              "fingerprints (1)")
-        p.add_argument("--cache", help="dataset and fingerprint cache (default ~/.cache/autoperi)")
-        p.add_argument("--mlip", choices=("chgnet",),
-                       help="energies and energy above the hull with this potential (S.U.N.)")
-        p.add_argument("--relax", action="store_true",
-                       help="with --mlip: relax positions and cell first (relaxation energy, "
-                            "RMSD; E_hull of the relaxed structures)")
+        _suite_options(p)
         p.add_argument("--hull", help="structures whose potential energies build the convex "
                                       "hull (default: --train, else --reference)")
         p.add_argument("--target", action="append", default=[],
@@ -353,7 +359,7 @@ class _evaluate:
                 STRICT if args.matcher == "strict" else CDVAE, args.seed,
                 cov=args.cov or ref_name or "mp-20", with_fingerprints=not args.no_fingerprints,
                 workers=args.workers, unreadable=sum(p.skipped for p in sample_problems),
-                cache_dir=_cache_root(args.cache) / "fingerprints", mlip=args.mlip,
+                cache_dir=_cache_root(args.cache) / "suite", mlip=args.mlip,
                 relax=args.relax, hull_reference=hull, targets=targets, predictors=predictors)
             print(report.summary())
             if args.out:
@@ -362,6 +368,43 @@ class _evaluate:
         except ImportError as exc:  # an optional dependency of the suite is missing
             raise ValueError(f"{exc} (pip install 'autoperi[eval]')") from None
         return code
+
+
+class _benchmark:
+    @staticmethod
+    def add(commands) -> None:
+        from autoperi.benchmark import GENERATORS, PROTOCOLS
+
+        p = commands.add_parser(
+            "benchmark", help="run a named protocol: generators x dataset, one comparison table",
+            description="Generate with each generator, evaluate each against the dataset's "
+                        "test split (novelty vs train) and write DIR/<generator>/ reports plus "
+                        "DIR/comparison.md and comparison.json.")
+        p.add_argument("protocol", choices=sorted(PROTOCOLS), help="dataset protocol")
+        p.add_argument("--out", required=True, help="output folder")
+        p.add_argument("--generators", help=f"comma-separated subset of {','.join(GENERATORS)}")
+        p.add_argument("--num", type=int, help="structures per generator (1000; dng)")
+        p.add_argument("--task", choices=("dng", "csp"), help="de novo (default) or CSP")
+        p.add_argument("--steps", type=int, help="model ODE steps (50)")
+        p.add_argument("--seed", type=int, help="seed (0)")
+        _suite_options(p)
+        p.set_defaults(run=_benchmark.run)
+
+    @staticmethod
+    def run(args) -> int:
+        from autoperi.benchmark import protocol, run
+
+        if args.relax and not args.mlip:
+            raise ValueError("--relax needs --mlip")
+        chosen = protocol(
+            args.protocol, num=args.num, task=args.task, steps=args.steps, seed=args.seed,
+            mlip=args.mlip, relax=args.relax or None,
+            generators=tuple(g.strip() for g in args.generators.split(",") if g.strip())
+            if args.generators else None)
+        run(chosen, args.out, workers=args.workers, fingerprints=not args.no_fingerprints,
+            plots=not args.no_plots, cache_dir=args.cache)
+        print(f"comparison written to {args.out}/comparison.md")
+        return 0
 
 
 if __name__ == "__main__":

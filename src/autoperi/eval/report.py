@@ -86,7 +86,7 @@ def write_report(report: Report, out: str | Path, plots: bool = True) -> Path:
     the folder `out` (created if needed; other files in it are left alone)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _write_text(out / "metrics.json", json.dumps(_plain(report.aggregate), indent=1) + "\n")
+    _write_text(out / "metrics.json", json.dumps(json_safe(report.aggregate), indent=1) + "\n")
     frame = report.per_structure.rename_axis("index")
     with atomic_path(out / "per_structure.csv") as tmp:
         frame.to_csv(tmp)
@@ -100,12 +100,12 @@ def _write_text(path: Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def _plain(value):
+def json_safe(value):
     """JSON-safe copy: numpy scalars to Python, NaN/inf to None."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, np.ndarray)):
-        return [_plain(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, (np.integer, np.bool_)):
         return value.item()
     if isinstance(value, (float, np.floating)):
@@ -183,7 +183,7 @@ def markdown(report: Report, plots: list[str] = ()) -> str:
     lines += ["", "Per-structure values (why a crystal failed): `per_structure.csv`.", "",
               "## Tolerances", "", "| name | value |", "| --- | --- |"]
     for key, value in t.items():
-        lines.append(f"| {key} | {json.dumps(_plain(value))} |")
+        lines.append(f"| {key} | {json.dumps(json_safe(value))} |")
     if plots:
         lines += ["", "## Plots (samples vs reference)", ""]
         lines += [f"![{_label(name)}]({name})" if name.endswith(".png")

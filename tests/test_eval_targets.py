@@ -1,0 +1,150 @@
+"""Targeted-generation metrics, the Property Explorer and stability (E_hull, S.U.N.)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pymatgen.core import Structure
+
+from autoperi.cli import main
+from autoperi.data.io import read_structures, write_structures
+from autoperi.eval.explorer import pca_map
+from autoperi.eval.match import CDVAE
+from autoperi.eval.predictor import shipped_predictors
+from autoperi.eval.suite import evaluate
+from autoperi.eval.targets import (
+    distance_to_window,
+    evaluate_targets,
+    ranking,
+    recall_at,
+    top_reference,
+)
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def real() -> list[Structure]:
+    return read_structures(DATA / "mp20_sample.csv").structures  # with band_gap etc.
+
+
+class Oracle:
+    """A 'predictor' that returns fixed values per structure (by identity)."""
+
+    def __init__(self, structures, values):
+        self.values = {id(s): v for s, v in zip(structures, values, strict=True)}
+
+    def predict(self, structures):
+        return np.array([self.values[id(s)] for s in structures])
+
+
+def test_window_distance_and_ranking():
+    values = [0.5, 1.4, 1.7, np.nan, 1.5, 3.0]
+    assert np.allclose(distance_to_window(values, 1.35, 1.65)[[0, 1, 2, 4, 5]],
+                       [0.85, 0.0, 0.05, 0.0, 1.35])
+    # inside first (centre 1.5 before 1.4), then by distance, NaN last
+    assert ranking(values, 1.35, 1.65).tolist() == [4, 1, 2, 0, 5, 3]
+    own = np.array([1.5, 1.5, 9.0, 9.0])
+    truth = np.array([1.5, 0.0, 1.5, 1.5])
+    assert recall_at(own, truth, 1.35, 1.65, top=2) == 0.5  # own picks 0 and 1; 1 misses
+    assert np.isnan(recall_at([np.nan] * 4, truth, 1.35, 1.65))
+    reference = np.arange(100) / 10.0  # 0.0 .. 9.9
+    assert sorted(top_reference(reference, 5.0, 5.0, percent=3).tolist()) == [49, 50, 51]
+    assert len(top_reference(reference, 2.0, 4.0, percent=3)) == 21  # whole window: 2.0..4.0
+
+
+def test_evaluate_targets_with_oracle_predictor(real):
+    reference = real[:30]
+    gaps = np.array([s.properties["band_gap"] for s in reference])
+    samples = [Structure(s.lattice, s.species, s.frac_coords,
+                         properties={"predicted_band_gap": gaps[k]})  # own head = truth
+               for k, s in enumerate(real[:10])]
+    truth = Oracle(samples, gaps[:10])
+    frame, summary = evaluate_targets(samples, reference, {"band_gap": (1.0, 3.0)},
+                                      {"band_gap": truth}, CDVAE, progress=False)
+    hits = (gaps[:10] >= 1.0) & (gaps[:10] <= 3.0)
+    assert frame["band_gap_hit"].tolist() == hits.tolist()
+    s = summary["band_gap"]
+    assert s["hit_rate"] == pytest.approx(hits.mean()) and s["own_hit_rate"] == s["hit_rate"]
+    assert s["mae"] == pytest.approx(distance_to_window(gaps[:10], 1.0, 3.0).mean())
+    assert s["recall@100"] == pytest.approx(hits.mean())  # top 100 of 10 = all of them
+    # rediscovery: of the reference's best 5 % (or window), those among the samples are found
+    best = top_reference(gaps, 1.0, 3.0, 5.0)
+    assert s["rediscovery"]["reference_crystals"] == len(best)
+    assert s["rediscovery"]["rediscovered"] == pytest.approx(np.mean(best < 10))
+    with pytest.raises(ValueError, match="no independent predictor"):
+        evaluate_targets(samples, reference, {"heat": (0, 1)}, {}, CDVAE, progress=False)
+
+
+def test_pca_map_is_anchored_on_the_reference():
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(200, 6)) * [5, 3, 1, 1, 1, 1]
+    samples = np.vstack([reference[:3], np.full((1, 6), np.nan)])
+    xr, xs, explained = pca_map(reference, samples)
+    assert np.allclose(xr.mean(0), 0, atol=1e-12)
+    variances = xr.var(0)
+    assert np.all(np.diff(variances) <= 1e-12) and explained.sum() <= 1 + 1e-12
+    assert np.allclose(xs[:3], xr[:3]) and np.isnan(xs[3]).all()
+
+
+def test_suite_with_targets_writes_property_plot_and_explorer(real, tmp_path):
+    predictors = shipped_predictors("mp-20")
+    assert set(predictors) == {"band_gap", "formation_energy_per_atom"}
+    from autoperi.eval.report import write_report
+
+    report = evaluate(real[:12], real, targets={"band_gap": (1.35, 1.65)},
+                      predictors=predictors, with_fingerprints=False, progress=False)
+    t = report.aggregate["targets"]["band_gap"]
+    assert 0 <= t["hit_rate"] <= 1 and t["own_hit_rate"] is None  # data carry no own head
+    assert np.isnan(t["recall@100"])
+    assert t["rediscovery"]["rediscovered"] > 0  # samples are reference crystals
+    out = write_report(report, tmp_path / "r")
+    assert (out / "property_band_gap.png").read_bytes()[:4] == b"\x89PNG"
+    assert "## Target band_gap in [1.35, 1.65]" in (out / "report.md").read_text()
+    assert "band_gap" in (out / "explorer.html").read_text()
+
+
+def test_cli_evaluate_target_needs_a_predictor(real, tmp_path, capsys):
+    path = write_structures(real[:6], tmp_path / "s.json")
+    code = main(["evaluate", str(path), "--reference", str(path), "--no-fingerprints",
+                 "--target", "band_gap=1:2"])
+    assert code == 2 and "no independent predictor" in capsys.readouterr().err
+    folder = Path(__file__).parents[1] / "src/autoperi/pretrained/predictors/mp-20/band_gap"
+    code = main(["evaluate", str(path), "--reference", str(path), "--no-fingerprints",
+                 "--target", "band_gap=1:2", "--predictor", f"band_gap={folder}",
+                 "--out", str(tmp_path / "o"), "--no-plots"])
+    assert code == 0
+    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert metrics["targets"]["band_gap"]["low"] == 1.0
+
+
+# ----------------------------------------------------------------------- stability
+chgnet = pytest.importorskip("chgnet")
+
+
+def test_elemental_corners_match_known_chgnet_ground_states(tmp_path):
+    from autoperi.eval.stability import element_prototypes, elemental_entries
+
+    assert len(element_prototypes("O")) == 1 and len(element_prototypes("O")[0]) == 2
+    assert len(element_prototypes("Cu")) == 4  # fcc, bcc, hcp, reference (fcc)
+    entries = {e.composition.reduced_formula: e.energy_per_atom
+               for e in elemental_entries(["Cu", "O"], cache_dir=tmp_path, progress=False)}
+    # CHGNet is fitted to Materials Project energies: fcc Cu -4.10, O2 -4.95 eV/atom there
+    assert entries["Cu"] == pytest.approx(-4.10, abs=0.1)
+    assert entries["O2"] == pytest.approx(-4.95, abs=0.3)
+    cached = json.loads(next(tmp_path.glob("elements-*.json")).read_text())
+    assert set(cached) == {"Cu", "O"}
+
+
+def test_evaluate_with_mlip_gives_hull_energies_and_sun(real, tmp_path):
+    small = [s for s in real if len(s) <= 8][:6]
+    report = evaluate(small, small, mlip="chgnet", with_fingerprints=False, progress=False,
+                      cache_dir=tmp_path)
+    frame = report.per_structure
+    # every sample is one of the hull's own entries: none can lie below the hull
+    assert (frame["e_above_hull"] >= -1e-6).all()
+    assert frame["on_hull"].any()
+    assert report.aggregate["energy"]["potential"].startswith("CHGNet")
+    assert report.aggregate["sun"] == 0.0  # stable maybe, but none is novel vs itself
+    assert report.aggregate["sun_note"] is None
