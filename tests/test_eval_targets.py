@@ -148,3 +148,18 @@ def test_evaluate_with_mlip_gives_hull_energies_and_sun(real, tmp_path):
     assert report.aggregate["energy"]["potential"].startswith("CHGNet")
     assert report.aggregate["sun"] == 0.0  # stable maybe, but none is novel vs itself
     assert report.aggregate["sun_note"] is None
+
+
+def test_relaxed_evaluation_with_phonon_check(tmp_path):
+    from autoperi.testing import canonical_crystals
+
+    crystals = canonical_crystals()
+    samples = [crystals["fcc_Cu"], crystals["rocksalt_NaCl"]]
+    report = evaluate(samples, samples, mlip="chgnet", relax=True, phonon_checks=1,
+                      with_fingerprints=False, progress=False, cache_dir=tmp_path,
+                      explorer=False)
+    frame, energy = report.per_structure, report.aggregate["energy"]
+    assert frame["relax_converged"].all() and (frame["relaxation_energy"] >= -1e-6).all()
+    assert energy["phonons_checked"] == 1 and energy["dynamically_stable"] == 1.0
+    assert frame["lowest_frequency"][0] > 0.0 and np.isnan(frame["lowest_frequency"][1])
+    assert main(["evaluate", "x", "--reference", "x", "--phonons", "2"]) == 2

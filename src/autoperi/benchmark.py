@@ -41,6 +41,7 @@ class Protocol:
     generators: tuple[str, ...] = GENERATORS
     mlip: str | None = None
     relax: bool = False
+    phonons: int = 0
 
 
 PROTOCOLS = {
@@ -75,6 +76,8 @@ def protocol(name: str, **overrides) -> Protocol:
     bad = sorted(set(chosen.generators) - set(GENERATORS))
     if bad or not chosen.generators:
         raise ValueError(f"unknown generators {bad or '(none)'}; use some of {GENERATORS}")
+    if (chosen.relax and not chosen.mlip) or (chosen.phonons and not chosen.relax):
+        raise ValueError("relax needs an mlip, phonon checks need relax")
     if chosen.task not in ("dng", "csp") or chosen.num < 1 or chosen.steps < 1:
         raise ValueError(f"need task dng|csp, num >= 1, steps >= 1 (got {chosen.task}, "
                          f"{chosen.num}, {chosen.steps})")
@@ -126,7 +129,7 @@ def run(p: Protocol, out: str | Path, workers: int = 1, fingerprints: bool = Tru
         report = evaluate(structures, test, train, p.task, seed=p.seed, cov=p.cov,
                           with_fingerprints=fingerprints, workers=workers, progress=progress,
                           cache_dir=_cache_root(cache_dir) / "suite", mlip=p.mlip,
-                          relax=p.relax)
+                          relax=p.relax, phonon_checks=p.phonons)
         write_report(report, folder, plots=plots)
         metrics = dict(report.aggregate, structures_per_second=len(structures) / seconds,
                        seconds=seconds)

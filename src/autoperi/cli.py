@@ -55,6 +55,8 @@ def _suite_options(p) -> None:
     p.add_argument("--relax", action="store_true",
                    help="with --mlip: relax positions and cell first (relaxation energy, "
                         "RMSD; E_hull of the relaxed structures)")
+    p.add_argument("--phonons", type=int, default=0, metavar="N",
+                   help="with --relax: phonon check of the first N relaxed structures (0)")
 
 
 class _convert:
@@ -344,6 +346,8 @@ class _evaluate:
             problems += hull_problems
         if (args.relax or args.hull) and not args.mlip:
             raise ValueError("--relax and --hull need --mlip")
+        if args.phonons and not args.relax:
+            raise ValueError("--phonons needs --relax (phonons of unrelaxed crystals mean little)")
         from autoperi.config import parse_targets
 
         targets = parse_targets(args.target)
@@ -360,7 +364,8 @@ class _evaluate:
                 cov=args.cov or ref_name or "mp-20", with_fingerprints=not args.no_fingerprints,
                 workers=args.workers, unreadable=sum(p.skipped for p in sample_problems),
                 cache_dir=_cache_root(args.cache) / "suite", mlip=args.mlip,
-                relax=args.relax, hull_reference=hull, targets=targets, predictors=predictors)
+                relax=args.relax, hull_reference=hull, targets=targets, predictors=predictors,
+                phonon_checks=args.phonons)
             print(report.summary())
             if args.out:
                 write_report(report, args.out, plots=not args.no_plots)
@@ -394,11 +399,9 @@ class _benchmark:
     def run(args) -> int:
         from autoperi.benchmark import protocol, run
 
-        if args.relax and not args.mlip:
-            raise ValueError("--relax needs --mlip")
         chosen = protocol(
             args.protocol, num=args.num, task=args.task, steps=args.steps, seed=args.seed,
-            mlip=args.mlip, relax=args.relax or None,
+            mlip=args.mlip, relax=args.relax or None, phonons=args.phonons or None,
             generators=tuple(g.strip() for g in args.generators.split(",") if g.strip())
             if args.generators else None)
         run(chosen, args.out, workers=args.workers, fingerprints=not args.no_fingerprints,

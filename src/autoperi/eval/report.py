@@ -66,6 +66,8 @@ _ENERGY = [
     ("mean_relaxation_energy", "Mean relaxation energy (eV/atom)", ""),
     ("mean_relax_rmsd", "Mean relaxation RMSD (Å)", "periodic, rigid shift removed"),
     ("relax_converged", "Relaxations converged", "max generalized force < fmax"),
+    ("phonons_checked", "Phonon checks", "finite displacements, relaxed structures"),
+    ("dynamically_stable", "Dynamically stable", "no imaginary mode below −0.1 THz"),
 ]
 _TARGET = [
     ("hit_rate", "Hit rate (independent predictor)"),
@@ -77,7 +79,7 @@ _TARGET = [
 ]
 _FRACTIONS = ({key for key, *_ in _HEADLINE} | {"p1_share", "p1_share_reference"}
               | {"with_e_above_hull", "stable", "metastable", "relax_converged",
-                 "relaxation_energy_below_threshold", "hit_rate", "own_hit_rate",
+                 "relaxation_energy_below_threshold", "hit_rate", "dynamically_stable", "own_hit_rate",
                  "recall@100", "reference_in_window", "rediscovered"})
 
 

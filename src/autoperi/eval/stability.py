@@ -33,6 +33,7 @@ from autoperi.eval.energy import (
     reference_entries,
     relax,
 )
+from autoperi.eval.phonons import phonons
 
 log = logging.getLogger(__name__)
 
@@ -136,14 +137,19 @@ def _digest(structures: Sequence[Structure]) -> str:
 def stability_table(samples: Sequence[Structure], hull_reference: Sequence[Structure],
                     potential: Potential | None = None, relaxed: bool = False,
                     cache_dir: str | Path | None = None, progress: bool = True,
-                    **relax_kwargs) -> tuple[pd.DataFrame, dict]:
+                    phonon_checks: int = 0, **relax_kwargs) -> tuple[pd.DataFrame, dict]:
     """Per-sample energies and stability, and their aggregate.
 
     Columns: energy_per_atom (as generated), and with `relaxed` relaxed_energy_per_atom,
     relaxation_energy (E_unrelaxed - E_relaxed, eV/atom), relax_rmsd (Å), relax_converged,
     relax_steps; e_above_hull (of the relaxed structure when relaxed, eV/atom), stable
     (<= 0.0), metastable (<= 0.1) and energy_problem (why a value is missing).
+    phonon_checks (needs `relaxed`): finite-displacement phonons (`eval.phonons`) of the
+    first that many converged relaxed structures: lowest_frequency (THz, negative =
+    imaginary) and dynamically_stable (no imaginary mode beyond the tolerance).
     """
+    if phonon_checks and not relaxed:
+        raise ValueError("phonon checks need relaxed structures (relaxed=True)")
     pot = potential or default_potential()
     frame = pd.DataFrame(index=range(len(samples)))
     if relaxed:
@@ -164,7 +170,19 @@ def stability_table(samples: Sequence[Structure], hull_reference: Sequence[Struc
     frame["stable"] = hull.stable
     frame["metastable"] = hull.metastable
     frame["energy_problem"] = [r or h for r, h in zip(reasons, hull.reasons, strict=True)]
-    return frame, _summary(frame, pot.name, relaxed, len(hull_reference))
+    summary = _summary(frame, pot.name, relaxed, len(hull_reference))
+    if phonon_checks:
+        chosen = np.nonzero(result.converged)[0][:phonon_checks]
+        got = phonons([result.structures[k] for k in chosen], pot, progress=progress)
+        frame["lowest_frequency"] = np.nan
+        frame["dynamically_stable"] = pd.Series(pd.NA, index=frame.index, dtype="boolean")
+        frame.loc[chosen, "lowest_frequency"] = got.lowest_frequency
+        known = np.isfinite(got.lowest_frequency)
+        frame.loc[chosen[known], "dynamically_stable"] = got.stable[known]
+        summary.update(phonons_checked=int(known.sum()),
+                       dynamically_stable=float(got.stable[known].mean()) if known.any()
+                       else float("nan"), imaginary_tolerance_thz=got.tolerance)
+    return frame, summary
 
 
 def _summary(frame: pd.DataFrame, potential: str, relaxed: bool, n_hull: int) -> dict:

@@ -117,7 +117,8 @@ def evaluate(samples: Sequence[Structure], reference: Sequence[Structure],
              mlip: str | Potential | None = None, relax: bool = False,
              hull_reference: Sequence[Structure] | None = None,
              targets: dict | None = None, predictors: dict | None = None,
-             reference_properties: dict | None = None, explorer: bool = True) -> Report:
+             reference_properties: dict | None = None, explorer: bool = True,
+             phonon_checks: int = 0) -> Report:
     """Evaluate generated structures against a reference set (and the training set).
 
     task "dng" (de novo generation) or "csp" (structure prediction: samples[i] predicts
@@ -132,7 +133,8 @@ def evaluate(samples: Sequence[Structure], reference: Sequence[Structure],
     cache_dir: reuse CrystalNN fingerprints (and potential energies of the hull) across runs.
     mlip: "chgnet" or a `Potential`: energies per atom, energy above the hull of
     `hull_reference` (default: train, else reference) with elemental corners, and (with
-    `relax`) relaxation energy and RMSD per structure; S.U.N. then counts structures within
+    `relax`) relaxation energy and RMSD per structure (and with `phonon_checks` = n,
+    phonons of the first n converged relaxed structures); S.U.N. then counts structures within
     0.1 eV/atom of the hull (and `sun_strict` those at or below it) unless `stability` is
     given. targets {name: (low, high)} with `predictors` {name: PropertyPredictor}: hit
     rates, MAE, Recall@100 and rediscovery (`eval.targets`); `reference_properties` {name:
@@ -174,7 +176,7 @@ def evaluate(samples: Sequence[Structure], reference: Sequence[Structure],
     if mlip is not None:
         hull_set = hull_reference if hull_reference is not None else novelty_set
         table, energy = stability_table(samples, hull_set, _potential(mlip), relax,
-                                        cache_dir, progress)
+                                        cache_dir, progress, phonon_checks)
         frame = frame.join(table.rename(columns={"stable": "on_hull"}))
         if stability is None:
             stability = table["metastable"].to_numpy()
