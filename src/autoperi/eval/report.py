@@ -79,8 +79,8 @@ _TARGET = [
 ]
 _FRACTIONS = ({key for key, *_ in _HEADLINE} | {"p1_share", "p1_share_reference"}
               | {"with_e_above_hull", "stable", "metastable", "relax_converged",
-                 "relaxation_energy_below_threshold", "hit_rate", "dynamically_stable", "own_hit_rate",
-                 "recall@100", "reference_in_window", "rediscovered"})
+                 "relaxation_energy_below_threshold", "hit_rate", "dynamically_stable",
+                 "own_hit_rate", "recall@100", "reference_in_window", "rediscovered"})
 
 
 def write_report(report: Report, out: str | Path, plots: bool = True) -> Path:
