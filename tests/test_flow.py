@@ -20,7 +20,7 @@ from autoperi.flow.paths import (
     y_to_lattice,
 )
 from autoperi.flow.priors import AtomCountPrior, LatticePrior
-from autoperi.flow.sampler import Request, sample_flow
+from autoperi.flow.sampler import Request, decode_types, sample_flow
 from autoperi.geometry.lattice import lattice_to_params
 from autoperi.geometry.torus import shortest_displacement
 from autoperi.testing import canonical_crystals, random_batch
@@ -161,6 +161,51 @@ def test_sampler_csp_keeps_types_and_respects_element_mask():
     allowed = torch.tensor([z != 8 for z in stats.vocab])
     out, _ = sample_flow(field, Request(target.num_atoms, allowed=allowed), 3, "euler")
     assert 8 not in out.atomic_numbers.tolist()
+
+
+def test_decode_types_is_the_best_assignment_that_passes_the_check():
+    import itertools
+
+    gen = torch.Generator().manual_seed(3)
+    log_probs = torch.log_softmax(torch.randn(7, 5, generator=gen) * 2, -1)
+    num_atoms = torch.tensor([3, 4])
+    vocab = torch.tensor([1, 8, 11, 17, 26])
+
+    def check(numbers):  # an arbitrary rule: an even sum of atomic numbers
+        return sum(numbers) % 2 == 0
+
+    got = decode_types(log_probs, num_atoms, vocab, check, top=5, budget=10**4)
+    assert torch.equal(decode_types(log_probs, num_atoms, vocab), log_probs.argmax(-1))
+    start = 0
+    for n in num_atoms.tolist():
+        lp = log_probs[start:start + n]
+        best = max((c for c in itertools.product(range(5), repeat=n)
+                    if check(vocab[list(c)].tolist())),
+                   key=lambda c: float(lp[range(n), list(c)].sum()))
+        assert got[start:start + n].tolist() == list(best)  # brute force agrees
+        start += n
+    # nothing passes: every crystal keeps its most probable types
+    never = decode_types(log_probs, num_atoms, vocab, lambda numbers: False, budget=50)
+    assert torch.equal(never, log_probs.argmax(-1))
+
+
+def test_committed_types_honour_the_check_and_the_geometry_still_arrives():
+    crystals = canonical_crystals()
+    target = CrystalBatch.from_structures([crystals["perovskite_SrTiO3"]])
+    stats = stats_for(target)  # vocab O, Ti, Sr; the field wants SrTiO3
+
+    def no_titanium(numbers):
+        return 22 not in numbers
+
+    out, _ = sample_flow(ExactField(target, stats),
+                         Request(target.num_atoms, composition_check=no_titanium), 6, "euler",
+                         generator=torch.Generator().manual_seed(0), commit_at=0.5)
+    assert 22 not in out.atomic_numbers.tolist()
+    assert sorted(out.atomic_numbers.tolist()).count(8) >= 3  # the O sites stay O
+    for a, b in zip(lattice_to_params(out.lattice), lattice_to_params(target.lattice)):
+        assert torch.allclose(a, b, atol=1e-4)
+    with pytest.raises(ValueError, match="commit_at"):
+        sample_flow(ExactField(target, stats), Request(target.num_atoms), 2, commit_at=1.0)
 
 
 def test_training_losses_are_finite_and_switchable():

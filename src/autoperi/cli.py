@@ -193,6 +193,12 @@ class _sample:
         p.add_argument("--elements", help="comma-separated elements to build from (e.g. Cs,Sn,I)")
         p.add_argument("--exclude", help="comma-separated elements never to use (e.g. Pb)")
         p.add_argument("--num-atoms", type=int, help="atoms per cell (default: as in training)")
+        p.add_argument("--commit-types", type=float, metavar="T",
+                       help="decide atom types at flow time T in [0, 1) and move only the "
+                            "geometry after it (default: types flow to the end)")
+        p.add_argument("--charge-neutral", action="store_true",
+                       help="with --commit-types: choose the most probable charge-neutral "
+                            "composition (SMACT check of the suite)")
         p.set_defaults(run=_sample.run)
 
     @staticmethod
@@ -205,10 +211,12 @@ class _sample:
         structures, seconds = timed(
             sample, args.model, args.num, targets, args.guidance, split(args.elements),
             split(args.exclude), args.num_atoms, args.steps, args.method, args.seed,
-            args.batch_size, args.device)
+            args.batch_size, args.device, commit_at=args.commit_types,
+            charge_neutral=args.charge_neutral)
         _write_generated(structures, args, seconds, {
             "targets": targets, "guidance": args.guidance, "elements": args.elements,
-            "exclude": args.exclude, "num_atoms": args.num_atoms})
+            "exclude": args.exclude, "num_atoms": args.num_atoms,
+            "commit_types": args.commit_types, "charge_neutral": args.charge_neutral})
         return 0
 
 

@@ -53,8 +53,18 @@ def element_mask(model: FlowModel, elements: Sequence[str] = (),
 def sample(model: FlowModel | str | None = None, num: int = 16, targets: dict | None = None,
            guidance: float = 1.0, elements: Sequence[str] = (), exclude: Sequence[str] = (),
            num_atoms: int | None = None, steps: int = 50, method: str = "heun", seed: int = 0,
-           batch_size: int = 256, device: str = "cpu", progress: bool = True) -> list[Structure]:
-    """Generate `num` new crystals (de novo). targets: {property: (low, high)}."""
+           batch_size: int = 256, device: str = "cpu", progress: bool = True,
+           commit_at: float | None = None, charge_neutral: bool = False) -> list[Structure]:
+    """Generate `num` new crystals (de novo). targets: {property: (low, high)}.
+
+    commit_at: decide the atom types at this flow time and move only the geometry after it
+    (`flow.sampler.sample_flow`). charge_neutral (needs commit_at): decide them as the most
+    probable assignment whose composition passes the SMACT check of the suite (charge
+    neutral with Pauling ordering; single elements and alloys pass), when one is found among
+    the 256 most probable assignments.
+    """
+    if charge_neutral and commit_at is None:
+        raise ValueError("charge_neutral needs commit_at (the time the types are decided)")
     model = _model(model, device)
     generator = torch.Generator().manual_seed(seed)
     allowed = element_mask(model, elements, exclude)
@@ -70,8 +80,10 @@ def sample(model: FlowModel | str | None = None, num: int = 16, targets: dict | 
             else:
                 counts = model.stats.atom_count_prior.sample(b, generator)
             values, mask = _conditions(model, targets or {}, b, generator)
-            request = Request(counts, None, values, mask, allowed)
-            batch, _ = sample_flow(model, request, steps, method, guidance, generator)
+            request = Request(counts, None, values, mask, allowed,
+                              _charge_neutral if charge_neutral else None)
+            batch, _ = sample_flow(model, request, steps, method, guidance, generator,
+                                   commit_at=commit_at)
             out += _with_predictions(model, batch)
             bar.update(b)
     return out
@@ -109,6 +121,13 @@ def predict_structures(compositions: Sequence[Composition | str | Structure],
             structure.properties.update({"input_index": k, "sample_index": s})
             out.append(structure)
     return out
+
+
+def _charge_neutral(atomic_numbers: Sequence[int]) -> bool:
+    from autoperi.eval.validity import compositional_validity
+
+    return bool(compositional_validity([Composition(
+        {Element.from_Z(z).symbol: atomic_numbers.count(z) for z in set(atomic_numbers)})])[0])
 
 
 def timed(fn, *args, **kwargs):

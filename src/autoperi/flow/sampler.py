@@ -6,8 +6,11 @@ an optional trajectory. Types are generated (de novo) or given (CSP).
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -28,20 +31,33 @@ class FlowState:
 @dataclass(frozen=True)
 class Request:
     """What to generate. num_atoms [B]; atomic_numbers [N] for CSP (None: de novo);
-    cond_values/cond_mask [B, P] scaled targets; allowed [K] bool restricts types."""
+    cond_values/cond_mask [B, P] scaled targets; allowed [K] bool restricts types;
+    composition_check(atomic numbers of one crystal) -> bool: accept only such compositions
+    when the types are committed (see `sample_flow`)."""
 
     num_atoms: Tensor
     atomic_numbers: Tensor | None = None
     cond_values: Tensor | None = None
     cond_mask: Tensor | None = None
     allowed: Tensor | None = None
+    composition_check: Callable[[Sequence[int]], bool] | None = None
 
 
 @torch.no_grad()
 def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str = "heun",
                 guidance: float = 1.0, generator: torch.Generator | None = None,
-                trajectory: bool = False) -> tuple[CrystalBatch, list[CrystalBatch]]:
-    """Integrate the flow; returns the crystals and (if asked) every intermediate state."""
+                trajectory: bool = False, commit_at: float | None = None
+                ) -> tuple[CrystalBatch, list[CrystalBatch]]:
+    """Integrate the flow; returns the crystals and (if asked) every intermediate state.
+
+    commit_at (de novo): at the first step with t >= commit_at the atom types are decided
+    from the model's predicted clean types (`decode_types`, honouring
+    `request.composition_check`) and held fixed; the remaining steps move only the geometry,
+    as in CSP, so positions and lattice settle around the final types. None: types flow
+    until t = 1 and are read off by argmax.
+    """
+    if commit_at is not None and not 0.0 <= commit_at < 1.0:
+        raise ValueError(f"commit_at must be in [0, 1), got {commit_at}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if method not in ("euler", "heun"):
@@ -62,14 +78,15 @@ def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str
         type_state = randn(n, k)
         y0 = stats.lattice_prior.sample(num_atoms.cpu(), None, generator)
     state = FlowState(type_state, torch.rand(n, 3, generator=generator).to(device), y0.to(device))
-    t_type_fixed = torch.ones(b, device=device) if csp else None
+    t_type_fixed = torch.ones(b, device=device)
     penalty = None
     if request.allowed is not None:
         penalty = torch.where(request.allowed.to(device), 0.0, float("-inf"))
+    fixed_types = csp  # types are given (CSP) or committed
 
     def velocity(s: FlowState, t: float) -> FlowState:
         tt = torch.full((b,), t, device=device)
-        t_types = t_type_fixed if csp else tt
+        t_types = t_type_fixed if fixed_types else tt
 
         def run(values, mask):
             return model(s.type_state, s.frac_coords, s.y, num_atoms, tt, t_types, values, mask)
@@ -81,14 +98,14 @@ def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str
             parts = [u + guidance * (c - u) for c, u in
                      zip(parts, [free.frac_velocity, free.lattice_velocity, free.type_logits])]
         v_frac, v_lat, logits = parts
-        if csp:
+        if penalty is not None:
+            logits = logits + penalty
+        if fixed_types:
             v_type = torch.zeros_like(s.type_state)
         else:
-            if penalty is not None:
-                logits = logits + penalty
             clean = torch.softmax(logits, dim=-1)
             v_type = (clean - s.type_state) / max(1.0 - t, 1e-3)
-        return FlowState(v_type, v_frac, v_lat)
+        return FlowState(v_type, v_frac, v_lat), logits
 
     def step(s: FlowState, v: FlowState, dt: float) -> FlowState:
         return FlowState(s.type_state + dt * v.type_state,
@@ -96,12 +113,19 @@ def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str
 
     states = []
     dt = 1.0 / steps
+    vocab = torch.tensor(stats.vocab)
     for k_step in range(steps):
         t = k_step * dt
-        v = velocity(state, t)
+        v, logits = velocity(state, t)
+        if not fixed_types and commit_at is not None and t >= commit_at - 1e-9:
+            types = decode_types(torch.log_softmax(logits, -1).cpu(), num_atoms.cpu(), vocab,
+                                 request.composition_check)
+            state = FlowState(F.one_hot(types, k).float().to(device), state.frac_coords, state.y)
+            fixed_types = True
+            v, _ = velocity(state, t)  # geometry velocity at the committed types
         if method == "heun" and k_step < steps - 1:
             guess = step(state, v, dt)
-            v2 = velocity(guess, t + dt)
+            v2, _ = velocity(guess, t + dt)
             v = FlowState(*(0.5 * (a + c) for a, c in
                             zip((v.type_state, v.frac_coords, v.y),
                                 (v2.type_state, v2.frac_coords, v2.y))))
@@ -110,6 +134,55 @@ def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str
             states.append(_to_batch(model, state, num_atoms, request, penalty))
     final = _to_batch(model, state, num_atoms, request, penalty)
     return final, states
+
+
+def decode_types(log_probs: Tensor, num_atoms: Tensor, vocab: Tensor,
+                 check: Callable[[Sequence[int]], bool] | None = None, top: int = 4,
+                 budget: int = 256) -> Tensor:
+    """Type index per atom [N] from log-probabilities [N, K]: per crystal the most probable
+    assignment whose atomic numbers pass `check` (all pass when None).
+
+    Assignments are visited best first (the score is a sum over atoms, so the k best come
+    from a heap over "move atom i to its next-best type" steps among each atom's `top`
+    types); after `budget` rejected assignments the crystal keeps its most probable one.
+    """
+    best = log_probs.argmax(-1)
+    if check is None:
+        return best
+    order = log_probs.topk(min(top, log_probs.shape[1]), dim=-1)
+    out = best.clone()
+    start = 0
+    for n in num_atoms.tolist():
+        scores = order.values[start:start + n].double().numpy()
+        choices = order.indices[start:start + n].numpy()
+        found = _best_valid(scores, choices, vocab, check, budget)
+        if found is not None:
+            out[start:start + n] = torch.as_tensor(found)
+        start += n
+    return out
+
+
+def _best_valid(scores, choices, vocab, check, budget):
+    """Best-first search over rank vectors (one rank per atom, 0 = its best type)."""
+    n, top = scores.shape
+    first = (0,) * n
+    heap = [(-scores[:, 0].sum(), first)]
+    seen = {first}
+    for _ in range(budget):
+        if not heap:
+            return None
+        negative, ranks = heapq.heappop(heap)
+        types = choices[np.arange(n), np.array(ranks)]
+        if check(vocab[types].tolist()):
+            return types
+        for i in range(n):
+            if ranks[i] + 1 < top and np.isfinite(scores[i, ranks[i] + 1]):
+                nxt = ranks[:i] + (ranks[i] + 1,) + ranks[i + 1:]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    gain = scores[i, ranks[i]] - scores[i, ranks[i] + 1]
+                    heapq.heappush(heap, (negative + gain, nxt))
+    return None
 
 
 def _to_batch(model: FlowModel, state: FlowState, num_atoms: Tensor, request: Request,
