@@ -26,7 +26,12 @@ from autoperi.checkpoint import load_model  # noqa: E402
 from autoperi.data.datasets import load_dataset  # noqa: E402
 from autoperi.eval.match import csp_rms, csp_summary  # noqa: E402
 from autoperi.eval.validity import compositional_validity, structural_validity  # noqa: E402
-from autoperi.generate import predict_structures, sample  # noqa: E402
+from autoperi.generate import (  # noqa: E402
+    CSP_JUMP_AT,
+    DENOVO_JUMP_AT,
+    predict_structures,
+    sample,
+)
 
 
 def main() -> None:
@@ -38,7 +43,10 @@ def main() -> None:
     parser.add_argument("--num-denovo", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench/results")
-    parser.add_argument("--commit-types", type=float, default=0.8,
+    parser.add_argument("--csp-jump-at", type=float, default=CSP_JUMP_AT)
+    parser.add_argument("--denovo-jump-at", type=float, default=DENOVO_JUMP_AT)
+    parser.add_argument("--split", default="test", help="test, or val to choose settings")
+    parser.add_argument("--commit-types", type=float, default=0.7,
                         help="flow time of the charge-neutral de novo arm (0.8)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -46,12 +54,12 @@ def main() -> None:
     model, config = load_model(args.model)
     dataset = load_dataset(config.data.dataset, seed=config.data.seed,
                            symprec=config.data.symprec, max_atoms=config.data.max_atoms)
-    test = dataset.structures("test")[: args.num_test]
+    test = dataset.structures(args.split)[: args.num_test]
     rows = []
     for steps in args.steps:
         start = time.perf_counter()
         predicted = predict_structures(test, model, 1, steps, args.method, args.seed,
-                                       progress=False)
+                                       progress=False, jump_at=args.csp_jump_at)
         csp_seconds = time.perf_counter() - start
         summary = csp_summary(csp_rms(predicted, test)[:, None])
         row = {"steps": steps, "csp_match_rate": summary["match_rate"],
@@ -59,13 +67,13 @@ def main() -> None:
         if config.flow.generate_types and args.num_denovo:
             start = time.perf_counter()
             generated = sample(model, args.num_denovo, steps=steps, method=args.method,
-                               seed=args.seed, progress=False)
+                               seed=args.seed, progress=False, jump_at=args.denovo_jump_at)
             row["denovo_structures_per_s"] = args.num_denovo / (time.perf_counter() - start)
             row["structural_validity"] = float(structural_validity(generated).mean())
             row["compositional_validity"] = float(compositional_validity(generated).mean())
             neutral = sample(model, args.num_denovo, steps=steps, method=args.method,
                              seed=args.seed, progress=False, commit_at=args.commit_types,
-                             charge_neutral=True)
+                             charge_neutral=True, jump_at=args.denovo_jump_at)
             row["neutral_structural_validity"] = float(structural_validity(neutral).mean())
             row["neutral_compositional_validity"] = float(
                 compositional_validity(neutral).mean())
@@ -73,7 +81,9 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     best = max(r["csp_match_rate"] for r in rows)
     result = {
-        "model": args.model, "method": args.method, "test_crystals": len(test),
+        "model": args.model, "method": args.method, "split": args.split,
+        "csp_jump_at": args.csp_jump_at, "denovo_jump_at": args.denovo_jump_at,
+        "commit_types": args.commit_types, "test_crystals": len(test),
         "denovo_crystals": args.num_denovo, "seed": args.seed, "rows": rows,
         "best_match_rate": best,
         "share_of_best_at_50_steps_or_fewer": max(

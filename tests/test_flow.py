@@ -131,15 +131,17 @@ class ExactField(nn.Module):
         return FlowOutput(v_frac, v_lat, logits, torch.zeros(len(num_atoms), 0))
 
 
-@pytest.mark.parametrize("method,steps", [("euler", 1), ("euler", 7), ("heun", 5)])
-def test_sampler_reaches_the_target_of_an_exact_field(method, steps):
+@pytest.mark.parametrize("method,steps,jump", [("euler", 1, 1.0), ("euler", 7, 1.0),
+                                               ("heun", 5, 1.0), ("heun", 3, 0.5)])
+def test_sampler_reaches_the_target_of_an_exact_field(method, steps, jump):
     crystals = canonical_crystals()
     target = CrystalBatch.from_structures([crystals["perovskite_SrTiO3"], crystals["hcp_Mg"]])
     stats = stats_for(target)
     field = ExactField(target, stats)
     out, path = sample_flow(field, Request(target.num_atoms), steps, method,
-                            generator=torch.Generator().manual_seed(0), trajectory=True)
-    assert len(path) == steps
+                            generator=torch.Generator().manual_seed(0), trajectory=True,
+                            jump_at=jump)
+    assert len(path) == steps + (jump < 1)  # the jump is one more (Euler) step
     assert torch.equal(out.atomic_numbers, target.atomic_numbers)
     for a, b in zip(lattice_to_params(out.lattice), lattice_to_params(target.lattice)):
         assert torch.allclose(a, b, atol=1e-4)
@@ -206,6 +208,8 @@ def test_committed_types_honour_the_check_and_the_geometry_still_arrives():
         assert torch.allclose(a, b, atol=1e-4)
     with pytest.raises(ValueError, match="commit_at"):
         sample_flow(ExactField(target, stats), Request(target.num_atoms), 2, commit_at=1.0)
+    with pytest.raises(ValueError, match="jump_at"):
+        sample_flow(ExactField(target, stats), Request(target.num_atoms), 2, jump_at=0.0)
 
 
 def test_training_losses_are_finite_and_switchable():

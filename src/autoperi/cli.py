@@ -155,6 +155,15 @@ def _add_generation_options(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
     p.add_argument("--batch-size", type=int, default=256, help="crystals per batch (256)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+    p.add_argument("--jump-at", type=float, help="integrate to this flow time, then jump to "
+                                                 "the clean prediction (csp 0.5, sample 0.7; "
+                                                 "1 = no jump)")
+
+
+def _jump(args, default: str) -> float:
+    import autoperi.generate
+
+    return args.jump_at if args.jump_at is not None else getattr(autoperi.generate, default)
 
 
 def _write_generated(structures, args, seconds: float, extra: dict) -> None:
@@ -194,8 +203,9 @@ class _sample:
         p.add_argument("--exclude", help="comma-separated elements never to use (e.g. Pb)")
         p.add_argument("--num-atoms", type=int, help="atoms per cell (default: as in training)")
         p.add_argument("--commit-types", type=float, metavar="T",
-                       help="decide atom types at flow time T in [0, 1) and move only the "
-                            "geometry after it (default: types flow to the end)")
+                       help="decide atom types at flow time T in [0, 1) (at the jump at the "
+                            "latest) and move only the geometry after it (default: types "
+                            "flow to the end)")
         p.add_argument("--charge-neutral", action="store_true",
                        help="with --commit-types: choose the most probable charge-neutral "
                             "composition (SMACT check of the suite)")
@@ -212,11 +222,12 @@ class _sample:
             sample, args.model, args.num, targets, args.guidance, split(args.elements),
             split(args.exclude), args.num_atoms, args.steps, args.method, args.seed,
             args.batch_size, args.device, commit_at=args.commit_types,
-            charge_neutral=args.charge_neutral)
+            charge_neutral=args.charge_neutral, jump_at=_jump(args, "DENOVO_JUMP_AT"))
         _write_generated(structures, args, seconds, {
             "targets": targets, "guidance": args.guidance, "elements": args.elements,
             "exclude": args.exclude, "num_atoms": args.num_atoms,
-            "commit_types": args.commit_types, "charge_neutral": args.charge_neutral})
+            "commit_types": args.commit_types, "charge_neutral": args.charge_neutral,
+            "jump_at": _jump(args, "DENOVO_JUMP_AT")})
         return 0
 
 
@@ -255,9 +266,11 @@ class _csp:
             raise ValueError(f"{path}: no compositions to predict")
         structures, seconds = timed(
             predict_structures, inputs, args.model, args.samples_per_input, args.steps,
-            args.method, args.seed, args.batch_size, args.device)
+            args.method, args.seed, args.batch_size, args.device,
+            jump_at=_jump(args, "CSP_JUMP_AT"))
         _write_generated(structures, args, seconds, {
-            "input": str(path), "samples_per_input": args.samples_per_input})
+            "input": str(path), "samples_per_input": args.samples_per_input,
+            "jump_at": _jump(args, "CSP_JUMP_AT")})
         return code
 
 

@@ -46,16 +46,21 @@ class Request:
 @torch.no_grad()
 def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str = "heun",
                 guidance: float = 1.0, generator: torch.Generator | None = None,
-                trajectory: bool = False, commit_at: float | None = None
-                ) -> tuple[CrystalBatch, list[CrystalBatch]]:
+                trajectory: bool = False, commit_at: float | None = None,
+                jump_at: float = 1.0) -> tuple[CrystalBatch, list[CrystalBatch]]:
     """Integrate the flow; returns the crystals and (if asked) every intermediate state.
 
-    commit_at (de novo): at the first step with t >= commit_at the atom types are decided
+    commit_at (de novo): at the first step with t >= commit_at (or the last step before
+    t = 1, whichever comes first) the atom types are decided
     from the model's predicted clean types (`decode_types`, honouring
     `request.composition_check`) and held fixed; the remaining steps move only the geometry,
     as in CSP, so positions and lattice settle around the final types. None: types flow
     until t = 1 and are read off by argmax.
+    jump_at < 1: the `steps` steps cover [0, jump_at], then one Euler step jumps to t = 1
+    (the model's clean prediction from jump_at).
     """
+    if not 0.0 < jump_at <= 1.0:
+        raise ValueError(f"jump_at must be in (0, 1], got {jump_at}")
     if commit_at is not None and not 0.0 <= commit_at < 1.0:
         raise ValueError(f"commit_at must be in [0, 1), got {commit_at}")
     if steps < 1:
@@ -112,18 +117,20 @@ def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str
                          wrap(s.frac_coords + dt * v.frac_coords), s.y + dt * v.y)
 
     states = []
-    dt = 1.0 / steps
+    grid = [jump_at * k / steps for k in range(steps + 1)] + ([1.0] if jump_at < 1 else [])
     vocab = torch.tensor(stats.vocab)
-    for k_step in range(steps):
-        t = k_step * dt
+    # the types are committed at the last step start before t = 1 at the latest
+    commit_time = None if commit_at is None else min(commit_at, grid[-2])
+    for k_step in range(len(grid) - 1):
+        t, dt = grid[k_step], grid[k_step + 1] - grid[k_step]
         v, logits = velocity(state, t)
-        if not fixed_types and commit_at is not None and t >= commit_at - 1e-9:
+        if not fixed_types and commit_time is not None and t >= commit_time - 1e-9:
             types = decode_types(torch.log_softmax(logits, -1).cpu(), num_atoms.cpu(), vocab,
                                  request.composition_check)
             state = FlowState(F.one_hot(types, k).float().to(device), state.frac_coords, state.y)
             fixed_types = True
             v, _ = velocity(state, t)  # geometry velocity at the committed types
-        if method == "heun" and k_step < steps - 1:
+        if method == "heun" and k_step < len(grid) - 2:
             guess = step(state, v, dt)
             v2, _ = velocity(guess, t + dt)
             v = FlowState(*(0.5 * (a + c) for a, c in
