@@ -2,7 +2,8 @@
 
 For each step count: CSP on the model's held-out test split (k = 1, StructureMatcher
 stol 0.5 / ltol 0.3 / angle 10) -> match rate, RMSE, structures/s; and de novo generation ->
-structural and compositional validity, structures/s, free and with charge-neutral type
+structural and compositional validity, structures/s, share of P1 (spglib, symprec 0.1) of
+both, validity free and with charge-neutral type
 decoding committed at t = --commit-types. Prints a table, writes JSON.
 
     python bench/sample.py --model perov-5 --steps 5 10 20 50 --num-test 480 --num-denovo 500
@@ -24,14 +25,10 @@ import torch  # noqa: E402
 
 from autoperi.checkpoint import load_model  # noqa: E402
 from autoperi.data.datasets import load_dataset  # noqa: E402
+from autoperi.eval.distribution import space_groups  # noqa: E402
 from autoperi.eval.match import csp_rms, csp_summary  # noqa: E402
 from autoperi.eval.validity import compositional_validity, structural_validity  # noqa: E402
-from autoperi.generate import (  # noqa: E402
-    CSP_JUMP_AT,
-    DENOVO_JUMP_AT,
-    predict_structures,
-    sample,
-)
+from autoperi.generate import predict_structures, sample  # noqa: E402
 
 
 def main() -> None:
@@ -43,8 +40,8 @@ def main() -> None:
     parser.add_argument("--num-denovo", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench/results")
-    parser.add_argument("--csp-jump-at", type=float, default=CSP_JUMP_AT)
-    parser.add_argument("--denovo-jump-at", type=float, default=DENOVO_JUMP_AT)
+    parser.add_argument("--csp-jump-at", type=float, default=1.0)
+    parser.add_argument("--denovo-jump-at", type=float, default=1.0)
     parser.add_argument("--split", default="test", help="test, or val to choose settings")
     parser.add_argument("--commit-types", type=float, default=0.7,
                         help="flow time of the charge-neutral de novo arm (0.8)")
@@ -62,8 +59,10 @@ def main() -> None:
                                        progress=False, jump_at=args.csp_jump_at)
         csp_seconds = time.perf_counter() - start
         summary = csp_summary(csp_rms(predicted, test)[:, None])
+        csp_p1 = float((space_groups(predicted, 0.1, progress=False) == 1).mean())
         row = {"steps": steps, "csp_match_rate": summary["match_rate"],
-               "csp_rmse": summary["rmse"], "csp_structures_per_s": len(test) / csp_seconds}
+               "csp_rmse": summary["rmse"], "csp_structures_per_s": len(test) / csp_seconds,
+               "csp_p1_share": csp_p1}
         if config.flow.generate_types and args.num_denovo:
             start = time.perf_counter()
             generated = sample(model, args.num_denovo, steps=steps, method=args.method,
@@ -71,6 +70,8 @@ def main() -> None:
             row["denovo_structures_per_s"] = args.num_denovo / (time.perf_counter() - start)
             row["structural_validity"] = float(structural_validity(generated).mean())
             row["compositional_validity"] = float(compositional_validity(generated).mean())
+            row["denovo_p1_share"] = float((space_groups(generated, 0.1, progress=False)
+                                            == 1).mean())
             neutral = sample(model, args.num_denovo, steps=steps, method=args.method,
                              seed=args.seed, progress=False, commit_at=args.commit_types,
                              charge_neutral=True, jump_at=args.denovo_jump_at)

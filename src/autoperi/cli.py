@@ -155,15 +155,9 @@ def _add_generation_options(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
     p.add_argument("--batch-size", type=int, default=256, help="crystals per batch (256)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
-    p.add_argument("--jump-at", type=float, help="integrate to this flow time, then jump to "
-                                                 "the clean prediction (csp 0.5, sample 0.7; "
-                                                 "1 = no jump)")
-
-
-def _jump(args, default: str) -> float:
-    import autoperi.generate
-
-    return args.jump_at if args.jump_at is not None else getattr(autoperi.generate, default)
+    p.add_argument("--jump-at", type=float, default=1.0,
+                   help="integrate to this flow time, then jump to the clean prediction "
+                        "(1 = no jump; jumps raise match rates but yield P1 crystals)")
 
 
 def _write_generated(structures, args, seconds: float, extra: dict) -> None:
@@ -222,12 +216,12 @@ class _sample:
             sample, args.model, args.num, targets, args.guidance, split(args.elements),
             split(args.exclude), args.num_atoms, args.steps, args.method, args.seed,
             args.batch_size, args.device, commit_at=args.commit_types,
-            charge_neutral=args.charge_neutral, jump_at=_jump(args, "DENOVO_JUMP_AT"))
+            charge_neutral=args.charge_neutral, jump_at=args.jump_at)
         _write_generated(structures, args, seconds, {
             "targets": targets, "guidance": args.guidance, "elements": args.elements,
             "exclude": args.exclude, "num_atoms": args.num_atoms,
             "commit_types": args.commit_types, "charge_neutral": args.charge_neutral,
-            "jump_at": _jump(args, "DENOVO_JUMP_AT")})
+            "jump_at": args.jump_at})
         return 0
 
 
@@ -267,10 +261,10 @@ class _csp:
         structures, seconds = timed(
             predict_structures, inputs, args.model, args.samples_per_input, args.steps,
             args.method, args.seed, args.batch_size, args.device,
-            jump_at=_jump(args, "CSP_JUMP_AT"))
+            jump_at=args.jump_at)
         _write_generated(structures, args, seconds, {
             "input": str(path), "samples_per_input": args.samples_per_input,
-            "jump_at": _jump(args, "CSP_JUMP_AT")})
+            "jump_at": args.jump_at})
         return code
 
 

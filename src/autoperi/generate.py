@@ -20,12 +20,6 @@ from autoperi.flow.sampler import Request, sample_flow
 
 log = logging.getLogger(__name__)
 
-# Integrate to this flow time, then jump to the model's clean prediction. Chosen on the
-# validation splits (BENCHMARKS.md, "Sampling schedule"): the last stretch of the ODE pulls
-# atoms together (overlaps form after t = 0.95) and off the matched sites.
-CSP_JUMP_AT = 0.5  # Perov-5 val CSP match 68.8 % (no jump) -> 82.1 %
-DENOVO_JUMP_AT = 0.7  # Perov-5 de novo structural validity 98.4 % -> 99.4 %
-
 
 def element_mask(model: FlowModel, elements: Sequence[str] = (),
                  exclude: Sequence[str] = ()) -> torch.Tensor | None:
@@ -61,7 +55,7 @@ def sample(model: FlowModel | str | None = None, num: int = 16, targets: dict | 
            num_atoms: int | None = None, steps: int = 50, method: str = "heun", seed: int = 0,
            batch_size: int = 256, device: str = "cpu", progress: bool = True,
            commit_at: float | None = None, charge_neutral: bool = False,
-           jump_at: float = DENOVO_JUMP_AT) -> list[Structure]:
+           jump_at: float = 1.0) -> list[Structure]:
     """Generate `num` new crystals (de novo). targets: {property: (low, high)}.
 
     commit_at: decide the atom types at this flow time and move only the geometry after it
@@ -69,7 +63,9 @@ def sample(model: FlowModel | str | None = None, num: int = 16, targets: dict | 
     probable assignment whose composition passes the SMACT check of the suite (charge
     neutral with Pauling ordering; single elements and alloys pass), when one is found among
     the 256 most probable assignments. jump_at: integrate to this flow time, then take the
-    model's clean prediction in one step (`flow.sampler.sample_flow`; 1.0 = no jump).
+    model's clean prediction in one step (`flow.sampler.sample_flow`; 1.0 = no jump). Jumps
+    raise Perov-5 match rates and structural validity but blur the crystals: nearly all
+    come out P1 (BENCHMARKS.md, "Sampling schedule"), so the default is no jump.
     """
     if charge_neutral and commit_at is None:
         raise ValueError("charge_neutral needs commit_at (the time the types are decided)")
@@ -101,7 +97,7 @@ def predict_structures(compositions: Sequence[Composition | str | Structure],
                        model: FlowModel | str | None = None, samples_per_input: int = 1,
                        steps: int = 50, method: str = "heun", seed: int = 0,
                        batch_size: int = 256, device: str = "cpu",
-                       progress: bool = True, jump_at: float = CSP_JUMP_AT) -> list[Structure]:
+                       progress: bool = True, jump_at: float = 1.0) -> list[Structure]:
     """CSP: `samples_per_input` structures for each composition (as written: "Na4Cl4" has
     8 atoms), in input order; each carries properties input_index and sample_index.
     jump_at: as in `sample`."""
