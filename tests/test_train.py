@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -131,3 +132,15 @@ def test_schedule_and_batches():
     assert sorted(sum((e.tolist() for e in epoch), [])) == list(range(20))  # one epoch
     halves = [batch_indices(idx, 1, 6, 0, rank=r, world=2) for r in (0, 1)]
     assert set(halves[0]).isdisjoint(halves[1]) and len(halves[0]) == 3
+
+
+def test_oversampled_repeats_only_crystals_in_the_window():
+    from autoperi.train import oversampled
+
+    values = np.array([0.0, 1.5, np.nan, 1.4, 3.0, 1.6])
+    train_idx = np.array([0, 1, 2, 3, 4])  # row 5 is not a training crystal
+    out = oversampled(train_idx, values, 1.35, 1.65, 3)
+    assert sorted(out.tolist()) == [0, 1, 1, 1, 2, 3, 3, 3, 4]
+    assert np.array_equal(oversampled(train_idx, values, 1.35, 1.65, 1), train_idx)
+    with pytest.raises(ValueError, match="oversample_factor"):
+        oversampled(train_idx, values, 0, 1, 0)

@@ -70,6 +70,10 @@ class TrainConfig:
     log_every: int = 50
     seed: int = 0
     num_threads: int = 1
+    # "name=low:high": crystals whose property lies in the window are seen
+    # `oversample_factor` times per epoch (rare targets for conditional generation)
+    oversample: str = ""
+    oversample_factor: int = 1
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from autoperi.checkpoint import load_training_state, save_model, save_training_state
-from autoperi.config import Config
+from autoperi.config import Config, parse_targets
 from autoperi.data.crystal import CrystalBatch
 from autoperi.data.datasets import CrystalDataset, load_dataset
 from autoperi.data.features import PropertyScaler
@@ -76,6 +76,16 @@ def batch_indices(train_idx: np.ndarray, step: int, batch_size: int, seed: int,
     return train_idx[chosen[rank::world]]
 
 
+def oversampled(train_idx: np.ndarray, values: np.ndarray, low: float, high: float,
+                factor: int) -> np.ndarray:
+    """train_idx with the crystals whose value lies in [low, high] repeated `factor` times
+    (NaN values never count as inside)."""
+    if factor < 1:
+        raise ValueError(f"oversample_factor must be >= 1, got {factor}")
+    inside = train_idx[(values[train_idx] >= low) & (values[train_idx] <= high)]
+    return np.concatenate([train_idx] + [inside] * (factor - 1))
+
+
 def train(config: Config, out: str | Path, resume: bool = False,
           device: str | None = None, progress: bool = True) -> Path:
     """Train a flow model; returns the run folder (model in RUN/model)."""
@@ -113,6 +123,12 @@ def train(config: Config, out: str | Path, resume: bool = False,
         config.save(out / "config.yaml")
 
     train_idx = dataset.indices("train")
+    if config.train.oversample:
+        (name, (low, high)), = parse_targets([config.train.oversample]).items()
+        if name not in dataset.crystals.properties:
+            raise ValueError(f"train.oversample: the dataset has no property {name!r}")
+        values = dataset.crystals.properties[name].double().numpy()
+        train_idx = oversampled(train_idx, values, low, high, config.train.oversample_factor)
     val_idx = dataset.indices("val")[:512]
     val = dataset.crystals.select(val_idx.tolist())
     val_symmetry = dataset.symmetry(val_idx) if config.flow.lambda_symmetry > 0 else None
@@ -156,7 +172,7 @@ def train(config: Config, out: str | Path, resume: bool = False,
     if rank == 0:
         elapsed = time.perf_counter() - t_start
         save_model(model, config, out / "model", state=ema, info={
-            "steps": config.train.steps, "train_crystals": int(len(train_idx)),
+            "steps": config.train.steps, "train_crystals": int(len(np.unique(train_idx))),
             "dataset_summary": dataset.summary(), "seconds_this_session": round(elapsed, 1),
             "world_size": world,
         })
