@@ -77,6 +77,12 @@ def test_evaluate_targets_with_oracle_predictor(real):
         evaluate_targets(samples, reference, {"heat": (0, 1)}, {}, CDVAE, progress=False)
 
 
+def test_pca_map_pads_to_three_axes():
+    xr, xs, explained = pca_map(np.array([[0.0, 1.0], [1.0, 0.0]]), np.zeros((1, 2)))
+    assert xr.shape == (2, 3) and xs.shape == (1, 3) and len(explained) == 3
+    assert np.all(xr[:, 2] == 0) and np.allclose(xr[:, 1], 0) and explained[0] == pytest.approx(1)
+
+
 def test_pca_map_is_anchored_on_the_reference():
     rng = np.random.default_rng(0)
     reference = rng.normal(size=(200, 6)) * [5, 3, 1, 1, 1, 1]
@@ -101,7 +107,10 @@ def test_suite_with_targets_writes_property_plot_and_explorer(real, tmp_path):
     assert t["rediscovery"]["rediscovered"] > 0  # samples are reference crystals
     out = write_report(report, tmp_path / "r")
     assert (out / "property_band_gap.png").read_bytes()[:4] == b"\x89PNG"
-    assert "## Target band_gap in [1.35, 1.65]" in (out / "report.md").read_text()
+    text = (out / "report.md").read_text()
+    assert "## Target band_gap in [1.35, 1.65]" in text
+    tolerances = text.split("## Tolerances")[1]
+    assert "| symprec |" in tolerances and "hit_rate" not in tolerances
     assert "band_gap" in (out / "explorer.html").read_text()
 
 
@@ -128,26 +137,42 @@ def test_elemental_corners_match_known_chgnet_ground_states(tmp_path):
 
     assert len(element_prototypes("O")) == 1 and len(element_prototypes("O")[0]) == 2
     assert len(element_prototypes("Cu")) == 4  # fcc, bcc, hcp, reference (fcc)
+    chlorine = element_prototypes("Cl")  # fcc, bcc, hcp (no usable ASE state) + Cl2
+    assert len(chlorine) == 4 and any(s.volume == pytest.approx(1000) for s in chlorine)
     entries = {e.composition.reduced_formula: e.energy_per_atom
                for e in elemental_entries(["Cu", "O"], cache_dir=tmp_path, progress=False)}
     # CHGNet is fitted to Materials Project energies: fcc Cu -4.10, O2 -4.95 eV/atom there
     assert entries["Cu"] == pytest.approx(-4.10, abs=0.1)
     assert entries["O2"] == pytest.approx(-4.95, abs=0.3)
-    cached = json.loads(next(tmp_path.glob("elements-*.json")).read_text())
+    cached = json.loads(next(tmp_path.glob("elements-v2-*.json")).read_text())
     assert set(cached) == {"Cu", "O"}
 
 
 def test_evaluate_with_mlip_gives_hull_energies_and_sun(real, tmp_path):
-    small = [s for s in real if len(s) <= 8][:6]
-    report = evaluate(small, small, mlip="chgnet", with_fingerprints=False, progress=False,
-                      cache_dir=tmp_path)
-    frame = report.per_structure
+    from autoperi.eval.stability import covered_systems
+
+    small = [s for s in real if len(s) <= 8][:12]
+    own = evaluate(small[:6], small[:6], mlip="chgnet", with_fingerprints=False,
+                   progress=False, cache_dir=tmp_path, explorer=False)
     # every sample is one of the hull's own entries: none can lie below the hull
-    assert (frame["e_above_hull"] >= -1e-6).all()
-    assert frame["on_hull"].any()
-    assert report.aggregate["energy"]["potential"].startswith("CHGNet")
-    assert report.aggregate["sun"] == 0.0  # stable maybe, but none is novel vs itself
-    assert report.aggregate["sun_note"] is None
+    assert (own.per_structure["e_above_hull"] >= -1e-6).all()
+    assert own.per_structure["on_hull"].any() and own.aggregate["sun"] == 0.0  # not novel
+    # samples disjoint from the hull / novelty set: S.U.N. by hand
+    report = evaluate(small[6:], small[6:], train=small[:6], mlip="chgnet",
+                      with_fingerprints=False, progress=False, cache_dir=tmp_path,
+                      explorer=False)
+    f, a = report.per_structure, report.aggregate
+    assert f["novel"].all() and a["energy"]["potential"].startswith("CHGNet")
+    assert a["sun"] == pytest.approx((f["metastable"] & f["unique"] & f["novel"]).mean())
+    assert a["sun_strict"] == pytest.approx((f["on_hull"] & f["unique"] & f["novel"]).mean())
+    compounds = [set(map(str, s.composition.elements)) for s in small[:6]]
+    by_hand = [any(c <= set(map(str, s.composition.elements)) for c in compounds
+                   if len(c) > 1) for s in small[6:]]
+    assert f["hull_covered"].tolist() == by_hand
+    assert a["sun_covered"] == pytest.approx((f["sun_stable"] & f["hull_covered"]
+                                              & f["unique"] & f["novel"]).mean())
+    assert covered_systems(small[:1], []).tolist() == [False]
+    assert f["e_above_hull"].notna().all()  # corners exist for the samples' own elements
 
 
 def test_relaxed_evaluation_with_phonon_check(tmp_path):
@@ -162,4 +187,6 @@ def test_relaxed_evaluation_with_phonon_check(tmp_path):
     assert frame["relax_converged"].all() and (frame["relaxation_energy"] >= -1e-6).all()
     assert energy["phonons_checked"] == 1 and energy["dynamically_stable"] == 1.0
     assert frame["lowest_frequency"][0] > 0.0 and np.isnan(frame["lowest_frequency"][1])
+    # relaxed copies of the hull's own references: at most a few meV/atom below it
+    assert (frame["e_above_hull"] >= -0.01).all()
     assert main(["evaluate", "x", "--reference", "x", "--phonons", "2"]) == 2

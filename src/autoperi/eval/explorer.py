@@ -42,9 +42,10 @@ def pca_map(reference: np.ndarray, samples: np.ndarray, dims: int = 3
     explained = singular[:dims] ** 2 / np.sum(singular ** 2)
 
     def project(x: np.ndarray) -> np.ndarray:
-        return ((x - mean) / std) @ axes.T  # NaN rows stay NaN
+        out = ((x - mean) / std) @ axes.T  # NaN rows stay NaN
+        return np.pad(out, ((0, 0), (0, dims - out.shape[1])))  # fewer axes than dims: 0
 
-    return project(reference), project(samples), explained
+    return project(reference), project(samples), np.pad(explained, (0, dims - len(explained)))
 
 
 def explorer_data(samples: Sequence[Structure], reference: Sequence[Structure],

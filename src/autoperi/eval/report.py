@@ -44,6 +44,8 @@ _HEADLINE = [
     ("cov_precision", "COV-P", "samples within the cutoffs of a reference structure"),
     ("sun", "S.U.N.", "stable (E_hull <= 0.1 eV/atom, or given flags), unique and novel"),
     ("sun_strict", "S.U.N. at 0.0 eV/atom", "on or below the hull, unique and novel"),
+    ("sun_covered", "S.U.N. in covered systems",
+     "S.U.N. and the hull of its chemical system holds a reference compound"),
 ]
 _DISTRIBUTION = [
     ("novelty_score", "Mean fingerprint novelty score", "1 − max similarity to {novelty_against}"),
@@ -61,6 +63,9 @@ _ENERGY = [
     ("median_e_above_hull", "Median E_hull (eV/atom)", "relaxed when relaxed"),
     ("stable", "Stable", "E_hull <= 0.0 eV/atom"),
     ("metastable", "Metastable", "E_hull <= 0.1 eV/atom"),
+    ("hull_covered", "In a chemical system with reference compounds",
+     "elsewhere the hull is the elemental corners only: E_hull is optimistic"),
+    ("metastable_covered", "Metastable and in a covered system", ""),
     ("relaxation_energy_below_threshold", "Relaxation energy < 0.5 eV/atom",
      "E_unrelaxed − E_relaxed"),
     ("mean_relaxation_energy", "Mean relaxation energy (eV/atom)", ""),
@@ -70,15 +75,16 @@ _ENERGY = [
     ("dynamically_stable", "Dynamically stable", "no imaginary mode below −0.1 THz"),
 ]
 _TARGET = [
-    ("hit_rate", "Hit rate (independent predictor)"),
+    ("hit_rate", "Hit rate (independent predictor; unreadable samples count as misses)"),
     ("own_hit_rate", "Hit rate (generator's own head)"),
     ("mae", "MAE to the window"),
     ("mean_predicted", "Mean predicted value"),
-    ("recall@100", "Recall@100"),
+    ("recall@100", "Recall@100 (hits among the top 100 by the own head)"),
     ("reference_in_window", "Reference in the window"),
 ]
 _FRACTIONS = ({key for key, *_ in _HEADLINE} | {"p1_share", "p1_share_reference"}
-              | {"with_e_above_hull", "stable", "metastable", "relax_converged",
+              | {"with_e_above_hull", "stable", "metastable", "relax_converged", "hull_covered",
+                 "metastable_covered", "sun_covered",
                  "relaxation_energy_below_threshold", "hit_rate", "dynamically_stable",
                  "own_hit_rate", "recall@100", "reference_in_window", "rediscovered"})
 
@@ -158,12 +164,12 @@ def markdown(report: Report, plots: list[str] = ()) -> str:
                   "| metric | value | note |", "| --- | --- | --- |"]
         lines += [f"| {label} | {_format(key, e[key])} | {note} |"
                   for key, label, note in _ENERGY if key in e]
-    for name, t in (a.get("targets") or {}).items():
-        lines += ["", f"## Target {name} in [{t['low']:g}, {t['high']:g}]", "",
+    for name, goal in (a.get("targets") or {}).items():
+        lines += ["", f"## Target {name} in [{goal['low']:g}, {goal['high']:g}]", "",
                   "| metric | value |", "| --- | --- |"]
-        lines += [f"| {label} | {_format(key, t[key])} |" for key, label in _TARGET]
-        if t["rediscovery"]:
-            r = t["rediscovery"]
+        lines += [f"| {label} | {_format(key, goal[key])} |" for key, label in _TARGET]
+        if goal["rediscovery"]:
+            r = goal["rediscovery"]
             lines.append(f"| Rediscovered of the reference's top {r['percent']:g} % "
                          f"({r['reference_crystals']}) | "
                          f"{_format('rediscovered', r['rediscovered'])} |")

@@ -39,23 +39,27 @@ log = logging.getLogger(__name__)
 
 PROTOTYPES = ("fcc", "bcc", "hcp", "reference")
 DIMER_BOX = 10.0  # Å, cubic box around a diatomic molecule
+# Halogens ASE describes as crystals: their molecules are tried too (Å, gas-phase bonds);
+# CHGNet puts a Cl2 dimer 0.45 eV/atom below its best metallic prototype.
+DIMERS = {"Cl": 1.99, "Br": 2.28, "I": 2.67}
+ELEMENTS_CACHE = "elements-v2"  # v1 lacked the halogen dimers
 
 
 def element_prototypes(symbol: str) -> list[Structure]:
-    """Starting cells for an element: fcc, bcc, hcp at the volume of ASE's reference state
-    (or of its covalent radius) plus the reference state itself, or a dimer in a box."""
+    """Starting cells for an element: fcc, bcc, hcp with touching covalent spheres plus ASE's
+    reference state, or a dimer in a box for diatomic gases (and both for Cl, Br, I)."""
     from ase.build import bulk
     from ase.data import atomic_numbers, covalent_radii, reference_states
     from pymatgen.io.ase import AseAtomsAdaptor
 
     z = atomic_numbers[symbol]
     state = reference_states[z] or {}
+    bond = float(state["d"]) if state.get("symmetry") == "diatom" else DIMERS.get(symbol)
+    out = [] if bond is None else [Structure(np.eye(3) * DIMER_BOX, [symbol, symbol],
+                                             [[0, 0, 0], [0, 0, bond / DIMER_BOX]])]
     if state.get("symmetry") == "diatom":
-        d = float(state["d"])
-        return [Structure(np.eye(3) * DIMER_BOX, [symbol, symbol],
-                          [[0, 0, 0], [0, 0, d / DIMER_BOX]], coords_are_cartesian=False)]
+        return out
     radius = float(covalent_radii[z])
-    out = []
     for kind in PROTOTYPES:
         try:
             atoms = (bulk(symbol) if kind == "reference"
@@ -79,7 +83,8 @@ def elemental_entries(elements: Sequence[str], potential: Potential | None = Non
     from pymatgen.analysis.phase_diagram import PDEntry
 
     pot = potential or default_potential()
-    cache = None if cache_dir is None else Path(cache_dir) / f"elements-{pot.name}.json"
+    cache = (None if cache_dir is None
+             else Path(cache_dir) / f"{ELEMENTS_CACHE}-{pot.name}.json")
     known = json.loads(cache.read_text()) if cache is not None and cache.exists() else {}
     todo = sorted({str(e) for e in elements} - set(known))
     if todo:
@@ -92,8 +97,9 @@ def elemental_entries(elements: Sequence[str], potential: Potential | None = Non
         for symbol in todo:
             values = [result.e_relaxed[k] for k, o in enumerate(owners) if o == symbol]
             values = [v for v in values if np.isfinite(v)]
-            known[symbol] = float(min(values)) if values else None
-            if not values:
+            if values:
+                known[symbol] = float(min(values))
+            else:  # not cached: tried again next time
                 log.warning("no elemental reference for %s: every prototype failed", symbol)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
@@ -104,11 +110,14 @@ def elemental_entries(elements: Sequence[str], potential: Potential | None = Non
 
 
 def hull_entries(structures: Sequence[Structure], potential: Potential | None = None,
-                 cache_dir: str | Path | None = None, progress: bool = True) -> list:
+                 cache_dir: str | Path | None = None, progress: bool = True,
+                 extra_elements: Sequence[str] = ()) -> list:
     """Entries of the convex hull: the reference structures with the potential's energies
-    (cached by a hash of the structures) plus elemental corners for all their elements."""
+    (cached by a hash of the structures) plus elemental corners for all their elements and
+    `extra_elements` (those of the structures to be judged)."""
     pot = potential or default_potential()
-    elements = sorted({str(e) for s in structures for e in s.composition.elements})
+    elements = sorted({str(e) for s in structures for e in s.composition.elements}
+                      | set(extra_elements))
     cache = None
     if cache_dir is not None:
         cache = Path(cache_dir) / f"hull-{pot.name}-{_digest(structures)}.json"
@@ -143,7 +152,10 @@ def stability_table(samples: Sequence[Structure], hull_reference: Sequence[Struc
     Columns: energy_per_atom (as generated), and with `relaxed` relaxed_energy_per_atom,
     relaxation_energy (E_unrelaxed - E_relaxed, eV/atom), relax_rmsd (Å), relax_converged,
     relax_steps; e_above_hull (of the relaxed structure when relaxed, eV/atom), stable
-    (<= 0.0), metastable (<= 0.1) and energy_problem (why a value is missing).
+    (<= 0.0), metastable (<= 0.1), hull_covered (`covered_systems`) and energy_problem (why a
+    value is missing). With `relaxed`, the hull references keep their own (unrelaxed)
+    geometry: for DFT-relaxed references CHGNet's relaxation lowers them by meV/atom, so a
+    relaxed copy of a reference can sit a few meV/atom below its own hull.
     phonon_checks (needs `relaxed`): finite-displacement phonons (`eval.phonons`) of the
     first that many converged relaxed structures: lowest_frequency (THz, negative =
     imaginary) and dynamically_stable (no imaginary mode beyond the tolerance).
@@ -165,10 +177,13 @@ def stability_table(samples: Sequence[Structure], hull_reference: Sequence[Struc
         got = energies(samples, pot, progress=progress)
         frame["energy_per_atom"] = got.per_atom
         final, reasons = got.per_atom, list(got.reasons)
-    hull = e_above_hull(samples, final, hull_entries(hull_reference, pot, cache_dir, progress))
+    sample_elements = {str(e) for s in samples for e in s.composition.elements}
+    entries = hull_entries(hull_reference, pot, cache_dir, progress, sorted(sample_elements))
+    hull = e_above_hull(samples, final, entries)
     frame["e_above_hull"] = hull.e_above_hull
     frame["stable"] = hull.stable
     frame["metastable"] = hull.metastable
+    frame["hull_covered"] = covered_systems(samples, entries)
     frame["energy_problem"] = [r or h for r, h in zip(reasons, hull.reasons, strict=True)]
     summary = _summary(frame, pot.name, relaxed, len(hull_reference))
     if phonon_checks:
@@ -185,6 +200,16 @@ def stability_table(samples: Sequence[Structure], hull_reference: Sequence[Struc
     return frame, summary
 
 
+def covered_systems(structures: Sequence[Structure], entries: Sequence) -> np.ndarray:
+    """[S] bool: the hull of the structure's chemical system holds at least one reference
+    compound (an entry of two or more elements within the system). Where it does not, the
+    hull is the elemental corners alone and E_hull only says "below the elements"."""
+    compounds = {frozenset(map(str, e.composition.elements)) for e in entries
+                 if len(e.composition.elements) > 1}
+    return np.array([any(c <= frozenset(map(str, s.composition.elements)) for c in compounds)
+                     for s in structures], dtype=bool)
+
+
 def _summary(frame: pd.DataFrame, potential: str, relaxed: bool, n_hull: int) -> dict:
     n = len(frame)
     known = np.isfinite(frame["e_above_hull"].to_numpy())
@@ -196,7 +221,9 @@ def _summary(frame: pd.DataFrame, potential: str, relaxed: bool, n_hull: int) ->
            "median_e_above_hull": float(np.median(frame["e_above_hull"][known]))
            if known.any() else float("nan"),
            "stable": float(frame["stable"].sum() / n),
-           "metastable": float(frame["metastable"].sum() / n)}
+           "metastable": float(frame["metastable"].sum() / n),
+           "hull_covered": float(frame["hull_covered"].mean()),
+           "metastable_covered": float((frame["metastable"] & frame["hull_covered"]).sum() / n)}
     if relaxed:
         rel = frame["relaxation_energy"].to_numpy()
         out.update(relaxation_energy_threshold=RELAXATION_ENERGY_THRESHOLD,

@@ -183,12 +183,12 @@ def evaluate(samples: Sequence[Structure], reference: Sequence[Structure],
             frame["sun_strict"] = (table["stable"].to_numpy() & frame["unique"].to_numpy()
                                    & frame["novel"].to_numpy())
     if stability is not None:
-        frame["stable"] = np.asarray(stability, dtype=bool)
+        frame["sun_stable"] = np.asarray(stability, dtype=bool)
     target_summary = None
     if targets:
         target_frame, target_summary = evaluate_targets(
             samples, reference, targets, predictors or {}, matcher, reference_properties,
-            workers, progress)
+            workers, progress, unreadable=unreadable)
         frame = frame.join(target_frame)
 
     valid = frame["struct_valid"].to_numpy()
@@ -211,7 +211,10 @@ def evaluate(samples: Sequence[Structure], reference: Sequence[Structure],
     aggregate["csp"] = csp
     aggregate["energy"] = energy
     if "sun_strict" in frame:
-        aggregate["sun_strict"] = float(frame["sun_strict"].sum() / (len(frame) + unreadable))
+        total = len(frame) + unreadable
+        aggregate["sun_strict"] = float(frame["sun_strict"].sum() / total)
+        aggregate["sun_covered"] = float((frame["sun_stable"] & frame["hull_covered"]
+                                          & frame["unique"] & frame["novel"]).sum() / total)
     aggregate["targets"] = target_summary
     distributions = {key: {"samples": data_s[key], "reference": data_r[key]}
                      for key in ("bond_length", "element_frequency")}
@@ -379,7 +382,7 @@ def _aggregate(frame, ref_frame, task, seed, matcher, cov, cutoffs, unreadable, 
     n = len(frame)
     total = n + unreadable  # unreadable samples are invalid
     unique, novel, valid = (frame[c].to_numpy() for c in ("unique", "novel", "valid"))
-    stable = frame["stable"].to_numpy() if "stable" in frame else None
+    stable = frame["sun_stable"].to_numpy() if "sun_stable" in frame else None
     return {
         "suite_version": SUITE_VERSION,
         "autoperi_version": __version__,

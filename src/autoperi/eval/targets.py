@@ -7,9 +7,10 @@ generator's own head. Definitions, for a target window [low, high] (a value is l
 - distance to the target: 0 inside the window, else how far outside;
 - hit: the independent prediction lies inside the window; hit rate = hits / samples;
 - MAE: mean distance of the independent predictions to the target;
-- Recall@100: rank the samples by the generator's own prediction (`predicted_<name>` in
-  their properties; distance to the target, ties by distance to the window centre), take
-  the top 100 (or all, if fewer) and report the share of them that are hits;
+- Recall@100 (the issue's name; "precision at 100" in retrieval terms): rank the samples by
+  the generator's own prediction (`predicted_<name>` in their properties; distance to the
+  target, ties by distance to the window centre), take the top 100 (or all, if fewer) and
+  report the share of them that are hits;
 - rediscovery@k%: the k % of reference crystals whose true value is closest to the target
   (all of the window when it holds more), and the share of those that at least one sample
   matches (StructureMatcher, the suite's tolerances).
@@ -60,7 +61,7 @@ def top_reference(values, low: float, high: float, percent: float) -> np.ndarray
     the window holds more)."""
     values = np.asarray(values, dtype=float)
     inside = int((distance_to_window(values, low, high) == 0).sum())
-    count = max(inside, int(np.ceil(len(values) * percent / 100)))
+    count = max(inside, int(np.ceil(np.isfinite(values).sum() * percent / 100)))
     count = min(count, int(np.isfinite(values).sum()))
     return ranking(values, low, high)[:count]
 
@@ -69,9 +70,11 @@ def evaluate_targets(samples: Sequence[Structure], reference: Sequence[Structure
                      targets: dict, predictors: dict, matcher: MatcherSettings,
                      reference_properties: dict | None = None, workers: int = 1,
                      progress: bool = True, top: int = RECALL_TOP,
-                     percent: float = REDISCOVERY_PERCENT) -> tuple[pd.DataFrame, dict]:
+                     percent: float = REDISCOVERY_PERCENT, unreadable: int = 0
+                     ) -> tuple[pd.DataFrame, dict]:
     """Per-sample columns <name>_predicted (independent), <name>_own, <name>_hit and the
-    summary per target (see the module doc)."""
+    summary per target (see the module doc); `unreadable` samples count as misses."""
+    total = len(samples) + unreadable
     frame = pd.DataFrame(index=range(len(samples)))
     summary = {}
     for name, (low, high) in targets.items():
@@ -85,10 +88,10 @@ def evaluate_targets(samples: Sequence[Structure], reference: Sequence[Structure
         frame[f"{name}_predicted"], frame[f"{name}_own"] = predicted, own
         frame[f"{name}_hit"] = distance == 0
         truth = reference_values(reference, name, reference_properties)
-        item = {"low": low, "high": high, "hit_rate": float((distance == 0).mean()),
+        item = {"low": low, "high": high, "hit_rate": float((distance == 0).sum() / total),
                 "mae": float(np.nanmean(distance)),
                 "mean_predicted": float(np.nanmean(predicted)),
-                "own_hit_rate": (float((distance_to_window(own, low, high) == 0).mean())
+                "own_hit_rate": (float((distance_to_window(own, low, high) == 0).sum() / total)
                                  if np.isfinite(own).any() else None),
                 f"recall@{top}": recall_at(own, predicted, low, high, top),
                 "reference_in_window": None, "rediscovery": None}

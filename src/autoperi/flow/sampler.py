@@ -151,7 +151,8 @@ def decode_types(log_probs: Tensor, num_atoms: Tensor, vocab: Tensor,
 
     Assignments are visited best first (the score is a sum over atoms, so the k best come
     from a heap over "move atom i to its next-best type" steps among each atom's `top`
-    types); after `budget` rejected assignments the crystal keeps its most probable one.
+    types); after `budget` rejected compositions (assignments that only permute the types of
+    a rejected one are not checked again) the crystal keeps its most probable assignment.
     """
     best = log_probs.argmax(-1)
     if check is None:
@@ -175,13 +176,17 @@ def _best_valid(scores, choices, vocab, check, budget):
     first = (0,) * n
     heap = [(-scores[:, 0].sum(), first)]
     seen = {first}
-    for _ in range(budget):
-        if not heap:
+    rejected: set[tuple] = set()
+    for _ in range(budget * 16):  # repeats of a rejected composition are nearly free
+        if not heap or len(rejected) >= budget:
             return None
         negative, ranks = heapq.heappop(heap)
         types = choices[np.arange(n), np.array(ranks)]
-        if check(vocab[types].tolist()):
-            return types
+        composition = tuple(sorted(types.tolist()))
+        if composition not in rejected:
+            if check(vocab[types].tolist()):
+                return types
+            rejected.add(composition)
         for i in range(n):
             if ranks[i] + 1 < top and np.isfinite(scores[i, ranks[i] + 1]):
                 nxt = ranks[:i] + (ranks[i] + 1,) + ranks[i + 1:]
