@@ -58,6 +58,7 @@ COLUMNS = [
     ("COV-P", "cov_precision", True), ("W1 density", "wdist_density", False),
     ("W1 #elem.", "wdist_num_elements", False), ("P1 share", "p1_share", True),
     ("metastable", "energy.metastable", True), ("S.U.N.", "sun", True),
+    ("hull covered", "energy.hull_covered", True), ("S.U.N. covered", "sun_covered", True),
     ("CSP match", "csp.match_rate", True), ("CSP RMSE", "csp.rmse", False),
     ("structures/s", "structures_per_second", False),
 ]
