@@ -43,3 +43,20 @@ def test_shipped_predictors_are_informative():
     truth = np.array([s.properties["formation_energy_per_atom"] for s in structures])
     error = np.abs(predictor.predict(structures) - truth).mean()
     assert error < 0.5 * np.abs(truth - truth.mean()).mean()
+
+
+def test_l2_loss_sees_a_rare_nonzero_class_that_l1_flattens():
+    from pymatgen.core import Structure
+
+    structures = read_structures(SAMPLE).structures
+    # a zero-inflated target: 3.0 for the largest cells (a rare, learnable class), else 0
+    sizes = np.array([len(s) for s in structures])
+    rare = sizes >= np.quantile(sizes, 0.85)
+    data = [Structure(s.lattice, s.species, s.frac_coords, properties={"gap": 3.0 * r})
+            for s, r in zip(structures, rare)]
+    l1 = PropertyPredictor.fit("gap", data, data, epochs=60, loss="l1")
+    l2 = PropertyPredictor.fit("gap", data, data, epochs=60, loss="l2")
+    assert l2.predict(data)[rare].mean() > l1.predict(data)[rare].mean() + 0.3
+    assert l2.metrics["loss"] == "l2"
+    with pytest.raises(ValueError, match="loss"):
+        PropertyPredictor.fit("gap", data, data, epochs=1, loss="huber")
