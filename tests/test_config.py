@@ -40,3 +40,12 @@ def test_parse_overrides_both_spellings():
         parse_overrides(["--verbose"])
     with pytest.raises(ValueError, match="needs a value"):
         parse_overrides(["--train.steps"])
+
+
+def test_configs_of_earlier_versions_still_load(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("model:\n  hidden_dim: 32\nsample:\n  steps: 50\n")  # retired section
+    assert Config.load(path).model.hidden_dim == 32
+    path.write_text("modle:\n  hidden_dim: 32\n")  # a typo is still an error
+    with pytest.raises(ValueError, match="unknown config"):
+        Config.load(path)

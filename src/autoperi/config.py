@@ -105,7 +105,10 @@ class Config:
 
     @staticmethod
     def from_dict(data: dict) -> Config:
-        flat = {f"{s}.{k}": v for s, fields in (data or {}).items() for k, v in fields.items()}
+        """A config from its YAML form; sections that older versions wrote and this one
+        retired (RETIRED_SECTIONS) are skipped, so their checkpoints still load."""
+        flat = {f"{s}.{k}": v for s, fields in (data or {}).items() for k, v in fields.items()
+                if s not in RETIRED_SECTIONS}
         return Config().override(flat)
 
     def save(self, path: str | Path) -> None:
@@ -159,6 +162,11 @@ def _parse(value, kind, key: str):
         name = getattr(kind, "__name__", kind)
         raise ValueError(f"{key}: cannot read {value!r} as {name}") from None
     return value
+
+
+# Sections written by earlier versions that no longer configure anything (sampling settings
+# live on the CLI / sample() since 0.1.0's first session).
+RETIRED_SECTIONS = frozenset({"sample"})
 
 
 def _to_plain(value):
