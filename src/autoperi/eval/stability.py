@@ -217,7 +217,7 @@ def _summary(frame: pd.DataFrame, potential: str, relaxed: bool, n_hull: int) ->
            "thresholds_ev_per_atom": list(STABLE_THRESHOLDS),
            "with_energy": float(np.isfinite(frame["energy_per_atom"]).mean()),
            "with_e_above_hull": float(known.mean()),
-           "mean_energy_per_atom": _nanmean(frame["energy_per_atom"]),
+           "mean_energy_per_atom": finite_mean(frame["energy_per_atom"]),
            "median_e_above_hull": float(np.median(frame["e_above_hull"][known]))
            if known.any() else float("nan"),
            "stable": float(frame["stable"].sum() / n),
@@ -229,13 +229,14 @@ def _summary(frame: pd.DataFrame, potential: str, relaxed: bool, n_hull: int) ->
         out.update(relaxation_energy_threshold=RELAXATION_ENERGY_THRESHOLD,
                    relaxation_energy_below_threshold=float(
                        np.sum(rel < RELAXATION_ENERGY_THRESHOLD) / n),
-                   mean_relaxation_energy=_nanmean(rel),
-                   mean_relax_rmsd=_nanmean(frame["relax_rmsd"]),
+                   mean_relaxation_energy=finite_mean(rel),
+                   mean_relax_rmsd=finite_mean(frame["relax_rmsd"]),
                    relax_converged=float(frame["relax_converged"].mean()))
     return out
 
 
-def _nanmean(values) -> float:
+def finite_mean(values) -> float:
+    """Mean of the finite values (NaN when there are none)."""
     values = np.asarray(values, dtype=float)
     values = values[np.isfinite(values)]
     return float(values.mean()) if len(values) else float("nan")

@@ -40,7 +40,7 @@ from autoperi.eval.novelty import (
     first_matches,
     novelty_scores,
 )
-from autoperi.eval.stability import stability_table
+from autoperi.eval.stability import finite_mean, stability_table
 from autoperi.eval.targets import evaluate_targets, reference_values
 from autoperi.eval.validity import (
     BVR_TOLERANCE,
@@ -371,12 +371,6 @@ def _explorer(samples, reference, frame, ref_frame, targets, distributions) -> d
                          "density (g/cm³)")
 
 
-def _mean(values) -> float:
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    return float(values.mean()) if len(values) else float("nan")
-
-
 def _aggregate(frame, ref_frame, task, seed, matcher, cov, cutoffs, unreadable, n_reference,
                n_train, cov_flags, with_fingerprints, max_reference) -> dict:
     n = len(frame)
@@ -407,13 +401,13 @@ def _aggregate(frame, ref_frame, task, seed, matcher, cov, cutoffs, unreadable, 
         "structural_validity": float(frame["struct_valid"].sum() / total),
         "compositional_validity": float(frame["comp_valid"].sum() / total),
         "validity": float(valid.sum() / total),
-        "bvr": _mean(frame["bvr"]),
-        "bvr_reference": _mean(ref_frame["bvr"]),
+        "bvr": finite_mean(frame["bvr"]),
+        "bvr_reference": finite_mean(ref_frame["bvr"]),
         "uniqueness": float(unique.mean()),
         "novelty": float(novel.mean()),
         "unique_novel": float((unique & novel).mean()),
         "valid_unique_novel": float((valid & unique & novel).sum() / total),
-        "novelty_score": _mean(frame["novelty_score"]),
+        "novelty_score": finite_mean(frame["novelty_score"]),
         "stability": None if stable is None else float(stable.sum() / total),
         "sun": None if stable is None else float((stable & unique & novel).sum() / total),
         "sun_note": None if stable is not None else SUN_NOTE,
