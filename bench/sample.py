@@ -22,12 +22,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from quality import csp_quality, denovo_quality  # noqa: E402 - bench/quality.py
 
 from autoperi.checkpoint import load_model  # noqa: E402
 from autoperi.data.datasets import load_dataset  # noqa: E402
-from autoperi.eval.distribution import space_groups  # noqa: E402
-from autoperi.eval.match import csp_rms, csp_summary  # noqa: E402
-from autoperi.eval.validity import compositional_validity, structural_validity  # noqa: E402
 from autoperi.generate import predict_structures, sample  # noqa: E402
 
 
@@ -42,9 +40,10 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--csp-jump-at", type=float, default=1.0)
     parser.add_argument("--denovo-jump-at", type=float, default=1.0)
-    parser.add_argument("--split", default="test", help="test, or val to choose settings")
+    parser.add_argument("--split", default="test",
+                        help="test (val: use bench/schedule.py to choose settings)")
     parser.add_argument("--commit-types", type=float, default=0.7,
-                        help="flow time of the charge-neutral de novo arm (0.8)")
+                        help="flow time of the charge-neutral de novo arm (0.7)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -58,26 +57,18 @@ def main() -> None:
         predicted = predict_structures(test, model, 1, steps, args.method, args.seed,
                                        progress=False, jump_at=args.csp_jump_at)
         csp_seconds = time.perf_counter() - start
-        summary = csp_summary(csp_rms(predicted, test)[:, None])
-        csp_p1 = float((space_groups(predicted, 0.1, progress=False) == 1).mean())
-        row = {"steps": steps, "csp_match_rate": summary["match_rate"],
-               "csp_rmse": summary["rmse"], "csp_structures_per_s": len(test) / csp_seconds,
-               "csp_p1_share": csp_p1}
+        row = {"steps": steps, **csp_quality(predicted, test),
+               "csp_structures_per_s": len(test) / csp_seconds}
         if config.flow.generate_types and args.num_denovo:
             start = time.perf_counter()
             generated = sample(model, args.num_denovo, steps=steps, method=args.method,
                                seed=args.seed, progress=False, jump_at=args.denovo_jump_at)
             row["denovo_structures_per_s"] = args.num_denovo / (time.perf_counter() - start)
-            row["structural_validity"] = float(structural_validity(generated).mean())
-            row["compositional_validity"] = float(compositional_validity(generated).mean())
-            row["denovo_p1_share"] = float((space_groups(generated, 0.1, progress=False)
-                                            == 1).mean())
+            row.update(denovo_quality(generated))
             neutral = sample(model, args.num_denovo, steps=steps, method=args.method,
                              seed=args.seed, progress=False, commit_at=args.commit_types,
                              charge_neutral=True, jump_at=args.denovo_jump_at)
-            row["neutral_structural_validity"] = float(structural_validity(neutral).mean())
-            row["neutral_compositional_validity"] = float(
-                compositional_validity(neutral).mean())
+            row.update(denovo_quality(neutral, prefix="neutral_", p1=False))
         rows.append(row)
         print(json.dumps(row), flush=True)
     best = max(r["csp_match_rate"] for r in rows)

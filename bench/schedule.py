@@ -20,17 +20,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from quality import csp_quality, denovo_quality  # noqa: E402 - bench/quality.py
 
 from autoperi.checkpoint import load_model  # noqa: E402
 from autoperi.data.datasets import load_dataset  # noqa: E402
-from autoperi.eval.distribution import space_groups  # noqa: E402
-from autoperi.eval.match import csp_rms, csp_summary  # noqa: E402
-from autoperi.eval.validity import compositional_validity, structural_validity  # noqa: E402
 from autoperi.generate import predict_structures, sample  # noqa: E402
-
-
-def p1_share(structures) -> float:
-    return float((space_groups(structures, 0.1, progress=False) == 1).mean())
 
 
 def main() -> None:
@@ -55,16 +49,12 @@ def main() -> None:
             steps, jump = int(steps), float(jump or 1.0)
             predicted = predict_structures(inputs, model, 1, steps, seed=args.seed,
                                            progress=False, jump_at=jump)
-            summary = csp_summary(csp_rms(predicted, inputs)[:, None])
             row = {"model": name, "steps": steps, "jump_at": jump,
-                   "csp_match_rate": summary["match_rate"], "csp_rmse": summary["rmse"],
-                   "csp_p1_share": p1_share(predicted)}
+                   **csp_quality(predicted, inputs)}
             if config.flow.generate_types and args.num_denovo:
                 made = sample(model, args.num_denovo, steps=steps, seed=args.seed,
                               progress=False, jump_at=jump)
-                row.update(structural_validity=float(structural_validity(made).mean()),
-                           compositional_validity=float(compositional_validity(made).mean()),
-                           denovo_p1_share=p1_share(made))
+                row.update(denovo_quality(made))
             rows.append(row)
             print(json.dumps(row), flush=True)
     out = Path(args.out)

@@ -133,12 +133,15 @@ chgnet = pytest.importorskip("chgnet")
 
 
 def test_elemental_corners_match_known_chgnet_ground_states(tmp_path):
+    from autoperi.eval.energy import relax
     from autoperi.eval.stability import element_prototypes, elemental_entries
 
     assert len(element_prototypes("O")) == 1 and len(element_prototypes("O")[0]) == 2
     assert len(element_prototypes("Cu")) == 4  # fcc, bcc, hcp, reference (fcc)
-    chlorine = element_prototypes("Cl")  # fcc, bcc, hcp (no usable ASE state) + Cl2
-    assert len(chlorine) == 4 and any(s.volume == pytest.approx(1000) for s in chlorine)
+    chlorine = element_prototypes("Cl")  # Cl2 in a box, then fcc, bcc, hcp (no ASE state)
+    assert len(chlorine) == 4 and chlorine[0].volume == pytest.approx(1000)
+    relaxed = relax(chlorine, progress=False).e_relaxed
+    assert relaxed[0] < min(relaxed[1:]) - 0.2  # the molecule wins by a wide margin
     entries = {e.composition.reduced_formula: e.energy_per_atom
                for e in elemental_entries(["Cu", "O"], cache_dir=tmp_path, progress=False)}
     # CHGNet is fitted to Materials Project energies: fcc Cu -4.10, O2 -4.95 eV/atom there

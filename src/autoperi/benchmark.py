@@ -130,7 +130,7 @@ def run(p: Protocol, out: str | Path, workers: int = 1, fingerprints: bool = Tru
         report = evaluate(structures, test, train, p.task, seed=p.seed, cov=p.cov,
                           with_fingerprints=fingerprints, workers=workers, progress=progress,
                           cache_dir=_cache_root(cache_dir) / "suite", mlip=p.mlip,
-                          relax=p.relax, phonon_checks=p.phonons)
+                          relax=p.relax, phonon_checks=p.phonons, explorer=plots)
         write_report(report, folder, plots=plots)
         metrics = dict(report.aggregate, structures_per_second=len(structures) / seconds,
                        seconds=seconds)

@@ -380,7 +380,7 @@ class _evaluate:
                 workers=args.workers, unreadable=sum(p.skipped for p in sample_problems),
                 cache_dir=_cache_root(args.cache) / "suite", mlip=args.mlip,
                 relax=args.relax, hull_reference=hull, targets=targets, predictors=predictors,
-                phonon_checks=args.phonons)
+                phonon_checks=args.phonons, explorer=bool(args.out) and not args.no_plots)
             print(report.summary())
             if args.out:
                 write_report(report, args.out, plots=not args.no_plots)

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 PROTOTYPES = ("fcc", "bcc", "hcp", "reference")
 DIMER_BOX = 10.0  # Å, cubic box around a diatomic molecule
 # Halogens ASE describes as crystals: their molecules are tried too (Å, gas-phase bonds);
-# CHGNet puts a Cl2 dimer 0.45 eV/atom below its best metallic prototype.
+# with CHGNet the Cl2 dimer is far below every close-packed prototype (tested).
 DIMERS = {"Cl": 1.99, "Br": 2.28, "I": 2.67}
 ELEMENTS_CACHE = "elements-v2"  # v1 lacked the halogen dimers
 

@@ -1,0 +1,27 @@
+"""Quality columns shared by the sampling benchmarks (sample.py, schedule.py): CSP match
+rate / RMSE (StructureMatcher stol 0.5, ltol 0.3, angle 10, k = 1), validity, and the share
+of crystals spglib finds no symmetry in (P1 at symprec 0.1; the bundled data: ~0 %)."""
+
+from __future__ import annotations
+
+from autoperi.eval.distribution import space_groups
+from autoperi.eval.match import csp_rms, csp_summary
+from autoperi.eval.validity import compositional_validity, structural_validity
+
+
+def p1_share(structures) -> float:
+    return float((space_groups(structures, 0.1, progress=False) == 1).mean())
+
+
+def csp_quality(predicted, truth) -> dict:
+    summary = csp_summary(csp_rms(predicted, truth)[:, None])
+    return {"csp_match_rate": summary["match_rate"], "csp_rmse": summary["rmse"],
+            "csp_p1_share": p1_share(predicted)}
+
+
+def denovo_quality(made, prefix: str = "", p1: bool = True) -> dict:
+    row = {f"{prefix}structural_validity": float(structural_validity(made).mean()),
+           f"{prefix}compositional_validity": float(compositional_validity(made).mean())}
+    if p1:
+        row["denovo_p1_share"] = p1_share(made)
+    return row
