@@ -53,6 +53,9 @@ class FlowConfig:
     lambda_property: float = 1.0  # MAE of property heads
     lambda_stability: float = 0.0  # energy surrogate (energy head) on predicted clean crystals
     lambda_symmetry: float = 0.0  # predicted clean crystal vs its image under the target's ops
+    # "independent": noise atom i flows to data atom i; "ot": the permutation (within
+    # species when types are given) and common shift of shortest paths (flow/coupling.py)
+    coupling: str = "independent"
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from autoperi.config import FlowConfig
 from autoperi.data.crystal import CrystalBatch
+from autoperi.flow.coupling import ot_coupling, shift_operations
 from autoperi.flow.model import FlowModel
 from autoperi.flow.paths import lattice_to_y, linear_path, remove_mean, torus_path
 from autoperi.geometry.graph import dense_graph
@@ -116,6 +117,16 @@ def training_losses(model: FlowModel, batch: CrystalBatch, flow: FlowConfig,
     types = stats.type_index(batch.atomic_numbers)
     onehot = F.one_hot(types, len(stats.vocab)).float()
     x0 = rand(n, 3)
+    if flow.coupling == "ot":  # re-pair atoms of each crystal and shift it (flow/coupling.py)
+        groups = torch.where(csp[crystal_idx], types, -1)
+        perm, shift = ot_coupling(x0, x1, batch.num_atoms, groups)
+        x1, types = wrap(x1[perm] + shift[crystal_idx]), types[perm]
+        onehot = onehot[perm]
+        if symmetry is not None:
+            symmetry = (shift_operations(symmetry[0].to(device), symmetry[1].to(device),
+                                         shift), symmetry[1])
+    elif flow.coupling != "independent":
+        raise ValueError(f"flow.coupling must be 'independent' or 'ot', got {flow.coupling!r}")
     y0_denovo = stats.lattice_prior.sample(batch.num_atoms, None, generator).to(device)
     y0_csp = stats.lattice_prior.sample(batch.num_atoms, batch.atomic_numbers, generator).to(device)
     y0 = torch.where(csp[:, None], y0_csp, y0_denovo)
