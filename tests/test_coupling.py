@@ -2,6 +2,7 @@ import itertools
 
 import numpy as np
 import torch
+from test_flow import stats_for
 
 from autoperi.config import FlowConfig, ModelConfig
 from autoperi.data.crystal import CrystalBatch
@@ -10,7 +11,6 @@ from autoperi.flow.losses import symmetry_loss, training_losses
 from autoperi.flow.model import FlowModel
 from autoperi.geometry.torus import wrap
 from autoperi.testing import canonical_crystals, random_batch
-from test_flow import stats_for
 
 
 def _targets(x1, perm, shift, num_atoms):
