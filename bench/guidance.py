@@ -1,6 +1,8 @@
 """Does property targeting work? Hit rate of a target window for unconditioned vs
 conditioned sampling at several guidance scales, judged by the generator's own head and by
-an independent predictor (autoperi.eval.predictor), plus validity.
+an independent predictor (autoperi.eval.predictor), plus validity. --chgnet-judge adds a
+second, structure-aware judge (bench/judge.py: gradient boosting on CHGNet crystal features,
+fitted on the model's training split) and the share of crystals it calls gapped (> --gapped).
 
     python bench/guidance.py --model perov-5 --target dir_gap=1.35:1.65 --exclude Pb --num 300
 """
@@ -33,6 +35,9 @@ def main() -> None:
     parser.add_argument("--num", type=int, default=300)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tag", default="", help="name in the output file (default: model)")
+    parser.add_argument("--chgnet-judge", action="store_true")
+    parser.add_argument("--gapped", type=float, default=0.5)
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -40,6 +45,15 @@ def main() -> None:
     (name, (low, high)), = parse_targets([args.target]).items()
     predictor = shipped_predictors(config.data.dataset)[name]
     exclude = [e for e in args.exclude.split(",") if e]
+    chgnet = None
+    if args.chgnet_judge:
+        from judge import ChgnetBoosted  # bench/judge.py
+
+        from autoperi.data.datasets import load_dataset
+
+        train = load_dataset(config.data.dataset, seed=config.data.seed, progress=False,
+                             symprec=config.data.symprec, max_atoms=config.data.max_atoms)
+        chgnet = ChgnetBoosted(train.structures("train"), name)
     rows = []
     for label, targets, scale in [("unconditioned", None, 1.0)] + [
             (f"target, guidance {w:g}", {name: (low, high)}, w) for w in args.guidance]:
@@ -55,12 +69,21 @@ def main() -> None:
             "structural_validity": float(structural_validity(structures).mean()),
             "compositional_validity": float(compositional_validity(structures).mean()),
         })
+        if chgnet is not None:
+            judged = chgnet.predict(structures)
+            rows[-1].update({
+                "hit_rate_chgnet_judge": float(((judged >= low) & (judged <= high)).mean()),
+                "gapped_share_chgnet_judge": float((judged > args.gapped).mean()),
+                "gapped_share_own_head": float((own > args.gapped).mean()),
+                "mean_chgnet_judge": float(judged.mean())})
         print(json.dumps(rows[-1]), flush=True)
     result = {"model": args.model, "target": args.target, "exclude": exclude, "num": args.num,
               "steps": args.steps, "seed": args.seed,
               "predictor": str(SHIPPED / config.data.dataset / name),
               "predictor_metrics": predictor.metrics, "rows": rows}
-    out = Path(args.out) / f"guidance_{Path(args.model).name}_{name}.json"
+    suffix = "_chgnet_judge" if chgnet is not None else ""
+    tag = args.tag or Path(args.model).name
+    out = Path(args.out) / f"guidance_{tag}_{name}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out}")

@@ -11,7 +11,7 @@ paths between them become shorter and less ambiguous.
 
 Cost is the mean-removed one, because the velocity loss ignores a common translation
 (`flow.paths.remove_mean`). Shifts are searched from anchors (no shift, and one noise atom of
-the rarest group put on each data atom of that group): the assignment is solved (scipy's
+the rarest group put on each of the first MAX_ANCHORS data atoms of that group): the assignment is solved (scipy's
 Hungarian method), the shift moved to the mean displacement and the assignment solved again.
 A local search, not a global optimum; it is never worse than the best unshifted pairing
 (each refinement lowers the squared displacement, and the mean-removed cost is lower still).
@@ -25,6 +25,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 FORBIDDEN = 1e6  # cost of pairing atoms of different groups
+MAX_ANCHORS = 8  # shifts tried per crystal besides none: the cost grows with anchors x n^3
 
 
 def ot_coupling(x0: Tensor, x1: Tensor, num_atoms: Tensor, groups: Tensor
@@ -64,7 +65,8 @@ def _match_one(a: np.ndarray, b: np.ndarray, g: np.ndarray) -> tuple[np.ndarray,
     anchor = np.flatnonzero(g == rare)[0]
     mismatch = np.where(g[:, None] == g[None, :], 0.0, FORBIDDEN)
     best = (np.inf, np.arange(len(a)), np.zeros(3))
-    for shift in [np.zeros(3)] + [a[anchor] - b[j] for j in np.flatnonzero(g == rare)]:
+    anchors = np.flatnonzero(g == rare)[:MAX_ANCHORS]
+    for shift in [np.zeros(3)] + [a[anchor] - b[j] for j in anchors]:
         for _ in range(2):  # solve, move the shift to the mean displacement, solve again
             disp = _torus(b[None, :, :] + shift - a[:, None, :])  # [i, j, 3]
             cols = linear_sum_assignment((disp ** 2).sum(-1) + mismatch)[1]
