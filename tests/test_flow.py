@@ -223,7 +223,7 @@ def test_training_losses_are_finite_and_switchable():
     assert all(torch.isfinite(v) for v in losses.values())
     weighted = sum(getattr(FlowConfig(), f"lambda_{k}") * losses[k]
                    for k in ("frac", "lattice", "types", "recon", "property", "stability",
-                             "symmetry"))
+                             "symmetry", "offpath"))
     assert torch.allclose(losses["loss"], weighted)
     only_frac = FlowConfig(lambda_lattice=0, lambda_types=0, lambda_recon=0, lambda_property=0)
     assert torch.allclose(training_losses(model, batch, only_frac, 0.5, g())["loss"],
@@ -314,3 +314,34 @@ def test_symmetry_loss_is_zero_for_symmetric_and_positive_for_broken_crystals():
     swapped[[0, 1]] = x[[1, 0]]
     assert periodic_chamfer(swapped, x, batch.lattice, batch.num_atoms) < 1e-6
     assert periodic_chamfer(swapped, x, batch.lattice, batch.num_atoms, types) > 1.0
+
+
+def test_offpath_states_displace_late_crystals_by_sigma_angstrom():
+    from autoperi.flow.losses import OFFPATH_AFTER, offpath_states
+
+    batch = random_batch(num_crystals=400, max_atoms=6, seed=4, dtype=torch.float32)
+    t = torch.linspace(0, 1, 400)
+    moved, chosen = offpath_states(batch.frac_coords, batch.lattice, batch.crystal_idx, t,
+                                   0.5, torch.Generator().manual_seed(0))
+    assert not bool(chosen[t < OFFPATH_AFTER].any())  # early states stay on their paths
+    assert 0.15 < float(chosen[t >= OFFPATH_AFTER].float().mean()) < 0.35  # about a quarter
+    atoms = chosen[batch.crystal_idx]
+    assert torch.equal(moved[~atoms], batch.frac_coords[~atoms])
+    delta = shortest_displacement(moved[atoms] - batch.frac_coords[atoms])
+    cart = torch.einsum("ni,nij->nj", delta, batch.lattice[batch.crystal_idx[atoms]])
+    assert abs(float(cart.std()) - 0.5) < 0.05  # sigma in Å, whatever the cell
+
+
+def test_offpath_loss_replaces_the_velocity_loss_of_strayed_crystals():
+    batch = CrystalBatch.from_structures(list(canonical_crystals().values()) * 8)
+    stats = stats_for(batch)
+    torch.manual_seed(0)
+    model = FlowModel(ModelConfig(hidden_dim=16, num_layers=1), stats)
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    plain = training_losses(model, batch, FlowConfig(), 0.0, g())
+    strayed = training_losses(model, batch, FlowConfig(lambda_offpath=1.0), 0.0, g())
+    assert plain["offpath"] == 0 and strayed["offpath"] > 0
+    assert torch.isfinite(strayed["loss"])
+    # off: the loss is what it was before the option existed (no random numbers drawn)
+    again = training_losses(model, batch, FlowConfig(lambda_offpath=0.0), 0.0, g())
+    assert torch.equal(again["loss"], plain["loss"])

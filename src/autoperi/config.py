@@ -56,6 +56,12 @@ class FlowConfig:
     # "independent": noise atom i flows to data atom i; "ot": the permutation (within
     # species when types are given) and common shift of shortest paths (flow/coupling.py)
     coupling: str = "independent"
+    # off-path training: late states (t >= 0.7) of a quarter of the crystals get their atoms
+    # displaced by offpath_sigma Å (Gaussian); for them the velocity loss is replaced by a
+    # type-aware periodic Chamfer of the predicted clean crystal, weighted lambda_offpath
+    # (flow/losses.py), so the model learns to return atoms that strayed from their paths
+    lambda_offpath: float = 0.0
+    offpath_sigma: float = 0.5
 
 
 @dataclass(frozen=True)

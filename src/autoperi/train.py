@@ -32,7 +32,7 @@ from autoperi.flow.priors import AtomCountPrior, LatticePrior
 
 log = logging.getLogger(__name__)
 LOSS_NAMES = ("loss", "frac", "lattice", "types", "recon", "property", "stability",
-              "symmetry")
+              "symmetry", "offpath")
 
 
 def data_stats(dataset: CrystalDataset, config: Config) -> DataStats:

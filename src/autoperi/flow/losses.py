@@ -20,9 +20,16 @@ from autoperi.geometry.graph import dense_graph
 from autoperi.geometry.torus import shortest_displacement, wrap
 
 
-def torus_velocity_loss(pred: Tensor, target: Tensor, crystal_idx: Tensor, b: int) -> Tensor:
-    """MSE between velocities after removing each crystal's mean (translation gauge)."""
-    return F.mse_loss(pred, remove_mean(target, crystal_idx, b))
+def torus_velocity_loss(pred: Tensor, target: Tensor, crystal_idx: Tensor, b: int,
+                        atoms: Tensor | None = None) -> Tensor:
+    """MSE between velocities after removing each crystal's mean (translation gauge),
+    over the `atoms` [N] bool given (default all; 0 if none)."""
+    target = remove_mean(target, crystal_idx, b)
+    if atoms is None:
+        return F.mse_loss(pred, target)
+    if not bool(atoms.any()):
+        return pred.sum() * 0.0
+    return F.mse_loss(pred[atoms], target[atoms])
 
 
 def periodic_chamfer(x_pred: Tensor, x_true: Tensor, lattice: Tensor,
@@ -93,6 +100,24 @@ def stability_loss(model: FlowModel, frac: Tensor, y: Tensor, type_probs: Tensor
     return out.properties[:, heads.index(inner.stats.energy_property)].mean()
 
 
+OFFPATH_SHARE, OFFPATH_AFTER = 0.25, 0.7  # which crystals get off-path states
+
+
+def offpath_states(xt: Tensor, lattice: Tensor, crystal_idx: Tensor, t: Tensor, sigma: float,
+                   generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Displace the atoms of a random OFFPATH_SHARE of the crystals with t >= OFFPATH_AFTER
+    by isotropic Gaussian noise of sigma Å (per Cartesian component). Returns the new
+    fractional coordinates [N, 3] and which crystals were displaced [B]. Sampling leaves the
+    training paths (errors accumulate), and atoms that stray late can end on one site; these
+    states show the model such strays."""
+    b = len(t)
+    chosen = (torch.rand(b, generator=generator).to(t.device) < OFFPATH_SHARE) & (t >= OFFPATH_AFTER)
+    cart = sigma * torch.randn(xt.shape, generator=generator).to(xt.device)
+    delta = torch.linalg.solve(lattice[crystal_idx].transpose(1, 2).to(xt.dtype),
+                               cart.to(xt.dtype))  # frac = cart @ L^-1 (rows are vectors)
+    return torch.where(chosen[crystal_idx, None], wrap(xt + delta), xt), chosen
+
+
 def training_losses(model: FlowModel, batch: CrystalBatch, flow: FlowConfig,
                     condition_dropout: float, generator: torch.Generator,
                     symmetry: tuple[Tensor, Tensor] | None = None) -> dict[str, Tensor]:
@@ -133,6 +158,10 @@ def training_losses(model: FlowModel, batch: CrystalBatch, flow: FlowConfig,
     noise = torch.randn(n, len(stats.vocab), generator=generator).to(device)
     xt, u_frac = torus_path(x0, x1, t[crystal_idx])
     yt, u_lattice = linear_path(y0, y1, t)
+    strayed = torch.zeros(b, dtype=torch.bool, device=device)
+    if flow.lambda_offpath > 0:
+        xt, strayed = offpath_states(xt, batch.lattice.float(), crystal_idx, t,
+                                     flow.offpath_sigma, generator)
     type_t, _ = linear_path(noise, onehot, t_types[crystal_idx])
 
     # Conditions: known values, hidden per crystal (all at once) or per property.
@@ -145,8 +174,9 @@ def training_losses(model: FlowModel, batch: CrystalBatch, flow: FlowConfig,
     mask = ~torch.isnan(values) & ~drop_all[:, None] & ~drop_one
 
     out = model(type_t, xt, yt, batch.num_atoms, t, t_types, values, mask)
+    on_path = ~strayed[crystal_idx]
     losses = {
-        "frac": torus_velocity_loss(out.frac_velocity, u_frac, crystal_idx, b),
+        "frac": torus_velocity_loss(out.frac_velocity, u_frac, crystal_idx, b, on_path),
         "lattice": F.mse_loss(out.lattice_velocity, u_lattice),
     }
     denovo_atoms = ~csp[crystal_idx]
@@ -159,6 +189,13 @@ def training_losses(model: FlowModel, batch: CrystalBatch, flow: FlowConfig,
     gauge = u_frac - remove_mean(u_frac, crystal_idx, b)
     x1_pred = wrap(xt + (1 - t)[crystal_idx, None] * (out.frac_velocity + gauge))
     losses["recon"] = periodic_chamfer(x1_pred, x1, batch.lattice.float(), batch.num_atoms)
+    if bool(strayed.any()):  # strayed crystals: is every site filled, by the right element?
+        atoms = strayed[crystal_idx]
+        losses["offpath"] = periodic_chamfer(x1_pred[atoms], x1[atoms],
+                                             batch.lattice.float()[strayed],
+                                             batch.num_atoms[strayed], types[atoms])
+    else:
+        losses["offpath"] = out.properties.sum() * 0.0
 
     # Property heads learn from crystals that saw no condition (no leak of the answer),
     # weighted towards clean states where a prediction is meaningful.
@@ -192,6 +229,6 @@ def training_losses(model: FlowModel, batch: CrystalBatch, flow: FlowConfig,
     lambdas = {"frac": flow.lambda_frac, "lattice": flow.lambda_lattice,
                "types": flow.lambda_types, "recon": flow.lambda_recon,
                "property": flow.lambda_property, "stability": flow.lambda_stability,
-               "symmetry": flow.lambda_symmetry}
+               "symmetry": flow.lambda_symmetry, "offpath": flow.lambda_offpath}
     losses["loss"] = sum(lambdas[k] * losses[k] for k in lambdas)
     return losses
