@@ -10,9 +10,10 @@ distribution stays the translated data, so the flow still maps prior to data; on
 paths between them become shorter and less ambiguous.
 
 Cost is the mean-removed one, because the velocity loss ignores a common translation
-(`flow.paths.remove_mean`). Shifts are searched from anchors (no shift, and one noise atom of
-the rarest group put on each of the first MAX_ANCHORS data atoms of that group): the assignment is solved (scipy's
-Hungarian method), the shift moved to the mean displacement and the assignment solved again.
+(`flow.paths.remove_mean`). Shifts are searched from anchors (no shift, and one noise atom
+of the rarest group put on each of the first MAX_ANCHORS data atoms of that group): the
+assignment is solved (scipy's Hungarian method), the shift moved to the mean displacement
+and the assignment solved again.
 A local search, not a global optimum; it is never worse than the best unshifted pairing
 (each refinement lowers the squared displacement, and the mean-removed cost is lower still).
 """

@@ -111,7 +111,8 @@ def offpath_states(xt: Tensor, lattice: Tensor, crystal_idx: Tensor, t: Tensor, 
     training paths (errors accumulate), and atoms that stray late can end on one site; these
     states show the model such strays."""
     b = len(t)
-    chosen = (torch.rand(b, generator=generator).to(t.device) < OFFPATH_SHARE) & (t >= OFFPATH_AFTER)
+    drawn = torch.rand(b, generator=generator).to(t.device)
+    chosen = (drawn < OFFPATH_SHARE) & (t >= OFFPATH_AFTER)
     cart = sigma * torch.randn(xt.shape, generator=generator).to(xt.device)
     delta = torch.linalg.solve(lattice[crystal_idx].transpose(1, 2).to(xt.dtype),
                                cart.to(xt.dtype))  # frac = cart @ L^-1 (rows are vectors)
