@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from autoperi import __version__
@@ -142,7 +143,8 @@ class _train:
             overrides["train.seed"] = args.seed
         config = Config.load(args.config).override(overrides)
         out = train(config, args.out, resume=args.resume, device=args.device)
-        print(f"model written to {out / 'model'}")
+        if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 writes the model
+            print(f"model written to {out / 'model'}")
         return 0
 
 
