@@ -329,7 +329,17 @@ def test_offpath_states_displace_late_crystals_by_sigma_angstrom():
     assert torch.equal(moved[~atoms], batch.frac_coords[~atoms])
     delta = shortest_displacement(moved[atoms] - batch.frac_coords[atoms])
     cart = torch.einsum("ni,nij->nj", delta, batch.lattice[batch.crystal_idx[atoms]])
-    assert abs(float(cart.std()) - 0.5) < 0.05  # sigma in Å, whatever the cell
+    n = batch.num_atoms[batch.crystal_idx[atoms]].float()
+    # sigma in Å whatever the cell, less the common translation (variance (n - 1) / n)
+    assert abs(float((cart ** 2 * n[:, None] / (n[:, None] - 1).clamp_min(1)).mean()) ** 0.5
+               - 0.5) < 0.05
+    # no common translation (small sigma, so that no displacement wraps around the cell)
+    small, _ = offpath_states(batch.frac_coords, batch.lattice, batch.crystal_idx, t, 0.05,
+                              torch.Generator().manual_seed(0))
+    step = shortest_displacement(small - batch.frac_coords)
+    mean = torch.zeros(len(batch.num_atoms), 3).index_add(0, batch.crystal_idx, step)
+    assert torch.allclose(mean, torch.zeros_like(mean), atol=1e-5)
+    assert float(step.abs().max()) > 1e-3  # (and it did move)
 
 
 def test_offpath_loss_replaces_the_velocity_loss_of_strayed_crystals():
@@ -342,6 +352,11 @@ def test_offpath_loss_replaces_the_velocity_loss_of_strayed_crystals():
     strayed = training_losses(model, batch, FlowConfig(lambda_offpath=1.0), 0.0, g())
     assert plain["offpath"] == 0 and strayed["offpath"] > 0
     assert torch.isfinite(strayed["loss"])
-    # off: the loss is what it was before the option existed (no random numbers drawn)
-    again = training_losses(model, batch, FlowConfig(lambda_offpath=0.0), 0.0, g())
-    assert torch.equal(again["loss"], plain["loss"])
+    # the strayed crystals leave the velocity loss: a zero-velocity model's frac loss is the
+    # mean squared (mean-removed) target over the other atoms only
+    zero = FlowModel(ModelConfig(hidden_dim=16, num_layers=1), stats)
+    for p in zero.frac_head.parameters():
+        torch.nn.init.zeros_(p)
+    everyone = training_losses(zero, batch, FlowConfig(), 0.0, g())["frac"]
+    some = training_losses(zero, batch, FlowConfig(lambda_offpath=1.0), 0.0, g())["frac"]
+    assert not torch.isclose(everyone, some)

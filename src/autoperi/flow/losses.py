@@ -106,16 +106,19 @@ OFFPATH_SHARE, OFFPATH_AFTER = 0.25, 0.7  # which crystals get off-path states
 def offpath_states(xt: Tensor, lattice: Tensor, crystal_idx: Tensor, t: Tensor, sigma: float,
                    generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """Displace the atoms of a random OFFPATH_SHARE of the crystals with t >= OFFPATH_AFTER
-    by isotropic Gaussian noise of sigma Å (per Cartesian component). Returns the new
-    fractional coordinates [N, 3] and which crystals were displaced [B]. Sampling leaves the
-    training paths (errors accumulate), and atoms that stray late can end on one site; these
-    states show the model such strays."""
+    by isotropic Gaussian noise of sigma Å (per Cartesian component), less its per-crystal
+    mean: a common translation is a gauge the model's velocity cannot express (its mean is
+    removed), so it would only add a floor to the Chamfer loss. Returns the new fractional
+    coordinates [N, 3] and which crystals were displaced [B]. Sampling leaves the training
+    paths (errors accumulate), and atoms that stray late can end on one site; these states
+    show the model such strays."""
     b = len(t)
     drawn = torch.rand(b, generator=generator).to(t.device)
     chosen = (drawn < OFFPATH_SHARE) & (t >= OFFPATH_AFTER)
     cart = sigma * torch.randn(xt.shape, generator=generator).to(xt.device)
     delta = torch.linalg.solve(lattice[crystal_idx].transpose(1, 2).to(xt.dtype),
                                cart.to(xt.dtype))  # frac = cart @ L^-1 (rows are vectors)
+    delta = remove_mean(delta, crystal_idx, b)
     return torch.where(chosen[crystal_idx, None], wrap(xt + delta), xt), chosen
 
 
