@@ -77,13 +77,19 @@ class ChgnetBoosted:
         from sklearn.ensemble import HistGradientBoostingRegressor
 
         self.chgnet = CHGNet.load(verbose=False)
-        y = np.array([s.properties[name] for s in train], dtype=float)
+        # a generated crystal with an isolated atom must not abort a whole benchmark
+        self.chgnet.graph_converter.set_isolated_atom_response("ignore")
+        y = np.array([s.properties.get(name, np.nan) for s in train], dtype=float)
+        known = np.isfinite(y)
+        x = self.features([s for s, k in zip(train, known) if k])
         self.trees = HistGradientBoostingRegressor(max_iter=500, learning_rate=0.05,
-                                                   random_state=0).fit(self.features(train), y)
+                                                   random_state=0).fit(x, y[known])
 
     def features(self, structures) -> np.ndarray:
         out = self.chgnet.predict_structure(list(structures), task="e",
                                             return_crystal_feas=True, batch_size=64)
+        if isinstance(out, dict):  # CHGNet returns a dict for a single structure
+            out = [out]
         return np.stack([p["crystal_fea"] for p in out])
 
     def predict(self, structures) -> np.ndarray:
