@@ -57,9 +57,9 @@ class FlowConfig:
     # species when types are given) and common shift of shortest paths (flow/coupling.py)
     coupling: str = "independent"
     # off-path training: late states (t >= 0.7) of a quarter of the crystals get their atoms
-    # displaced by offpath_sigma Å (Gaussian); for them the velocity loss is replaced by a
-    # type-aware periodic Chamfer of the predicted clean crystal, weighted lambda_offpath
-    # (flow/losses.py), so the model learns to return atoms that strayed from their paths
+    # displaced by offpath_sigma Å (Gaussian, mean-free); for them the coordinate velocity
+    # loss is replaced by a type-aware periodic Chamfer of the predicted clean crystal,
+    # weighted lambda_offpath (flow/losses.py): the model learns to return strayed atoms
     lambda_offpath: float = 0.0
     offpath_sigma: float = 0.5
 

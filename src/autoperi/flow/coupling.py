@@ -14,8 +14,10 @@ Cost is the mean-removed one, because the velocity loss ignores a common transla
 of the rarest group put on each of the first MAX_ANCHORS data atoms of that group): the
 assignment is solved (scipy's Hungarian method), the shift moved to the mean displacement
 and the assignment solved again.
-A local search, not a global optimum; it is never worse than the best unshifted pairing
-(each refinement lowers the squared displacement, and the mean-removed cost is lower still).
+A local search, not a global optimum; its cost is never above the squared displacement of
+the best unshifted pairing (each refinement lowers the squared displacement, and the
+mean-removed cost is lower still). The returned shift is the one refined after the last
+solve, whose mean-removed cost is the one compared.
 """
 
 from __future__ import annotations
@@ -63,11 +65,10 @@ def coupling_cost(x0: Tensor, x1: Tensor) -> Tensor:
 def _match_one(a: np.ndarray, b: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     values, counts = np.unique(g, return_counts=True)
     rare = values[np.argmin(counts)]
-    anchor = np.flatnonzero(g == rare)[0]
     mismatch = np.where(g[:, None] == g[None, :], 0.0, FORBIDDEN)
     best = (np.inf, np.arange(len(a)), np.zeros(3))
-    anchors = np.flatnonzero(g == rare)[:MAX_ANCHORS]
-    for shift in [np.zeros(3)] + [a[anchor] - b[j] for j in anchors]:
+    anchors = np.flatnonzero(g == rare)[:MAX_ANCHORS]  # noise atom anchors[0] on data atom j
+    for shift in [np.zeros(3)] + [a[anchors[0]] - b[j] for j in anchors]:
         for _ in range(2):  # solve, move the shift to the mean displacement, solve again
             disp = _torus(b[None, :, :] + shift - a[:, None, :])  # [i, j, 3]
             cols = linear_sum_assignment((disp ** 2).sum(-1) + mismatch)[1]
