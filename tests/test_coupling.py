@@ -6,7 +6,8 @@ from test_flow import stats_for
 
 from autoperi.config import FlowConfig, ModelConfig
 from autoperi.data.crystal import CrystalBatch
-from autoperi.flow.coupling import coupling_cost, ot_coupling, shift_operations
+from autoperi.flow.coupling import (coupled_targets, coupling_cost, ot_coupling,
+                                   shift_operations)
 from autoperi.flow.losses import symmetry_loss, training_losses
 from autoperi.flow.model import FlowModel
 from autoperi.geometry.torus import wrap
@@ -76,6 +77,41 @@ def test_shifted_operations_are_symmetries_of_the_shifted_crystal():
     # the old operations do not fit the moved crystal (the shift is not a symmetry)
     old = np.mean([float(symmetry_loss(moved, *args, ops_t, counts, g)) for _ in range(10)])
     assert old > 0.1
+
+
+def test_coupled_targets_move_types_with_positions_and_ops_with_the_shift():
+    from autoperi.data.clean import clean_with_symmetry
+
+    structure, ops = clean_with_symmetry(canonical_crystals()["perovskite_SrTiO3"])
+    batch = CrystalBatch.from_structures([structure, structure])
+    types, n = batch.atomic_numbers, batch.num_atoms
+    x0 = torch.rand(len(types), 3, generator=torch.Generator().manual_seed(2),
+                    dtype=batch.frac_coords.dtype)
+    ops_t = torch.from_numpy(np.concatenate([ops, ops]))
+    counts = torch.tensor([len(ops), len(ops)])
+    given = torch.tensor([True] * 5 + [False] * 5)  # crystal 0 CSP, crystal 1 de novo
+    x1, new_types, (new_ops, _) = coupled_targets(x0, batch.frac_coords, types, n, given,
+                                                  (ops_t, counts))
+    g = torch.Generator().manual_seed(0)
+    for c in range(2):
+        sl = slice(5 * c, 5 * c + 5)
+        orig, orig_types, new = batch.frac_coords[sl], types[sl], x1[sl]
+        # one common shift, read off the single Sr atom, carries every (element, position)
+        # pair of the data onto a coupled atom of the same element
+        sr = 38
+        shift = new[new_types[sl] == sr][0] - orig[orig_types == sr][0]
+        d = new[:, None, :] - wrap(orig + shift)[None, :, :]
+        close = (d - torch.floor(d + 0.5)).abs().amax(-1) < 1e-6  # [coupled, data]
+        same = new_types[sl][:, None] == orig_types[None, :]
+        assert torch.equal((close & same).sum(1), torch.ones(5, dtype=torch.long))
+        assert torch.equal((close & same).sum(0), torch.ones(5, dtype=torch.long))
+        # the shifted operations are symmetries of the coupled crystal
+        crystal_ops = new_ops[len(ops) * c:len(ops) * (c + 1)]
+        args = (new_types[sl], batch.lattice[c:c + 1], n[:1])
+        assert symmetry_loss(new, *args, crystal_ops, counts[:1], g) < 1e-5
+    assert sorted(new_types[:5].tolist()) == sorted(types[:5].tolist())
+    # CSP atoms keep their species in place (pairing within species only)
+    assert torch.equal(new_types[:5], types[:5])
 
 
 def test_ot_training_losses_are_finite_and_shorter_paths_give_a_smaller_velocity_target():

@@ -317,14 +317,18 @@ def test_symmetry_loss_is_zero_for_symmetric_and_positive_for_broken_crystals():
 
 
 def test_offpath_states_displace_late_crystals_by_sigma_angstrom():
-    from autoperi.flow.losses import OFFPATH_AFTER, offpath_states
+    from autoperi.flow.losses import offpath_states
 
     batch = random_batch(num_crystals=400, max_atoms=6, seed=4, dtype=torch.float32)
     t = torch.linspace(0, 1, 400)
     moved, chosen = offpath_states(batch.frac_coords, batch.lattice, batch.crystal_idx, t,
                                    0.5, torch.Generator().manual_seed(0))
-    assert not bool(chosen[t < OFFPATH_AFTER].any())  # early states stay on their paths
-    assert 0.15 < float(chosen[t >= OFFPATH_AFTER].float().mean()) < 0.35  # about a quarter
+    assert not bool(chosen[t < 0.7].any())  # early states stay on their paths (default 0.7)
+    assert 0.15 < float(chosen[t >= 0.7].float().mean()) < 0.35  # about a quarter
+    _, chosen_half = offpath_states(batch.frac_coords, batch.lattice, batch.crystal_idx, t,
+                                    0.5, torch.Generator().manual_seed(0), share=0.5, after=0.4)
+    assert not bool(chosen_half[t < 0.4].any())
+    assert 0.4 < float(chosen_half[t >= 0.4].float().mean()) < 0.6  # about half
     atoms = chosen[batch.crystal_idx]
     assert torch.equal(moved[~atoms], batch.frac_coords[~atoms])
     delta = shortest_displacement(moved[atoms] - batch.frac_coords[atoms])

@@ -56,12 +56,15 @@ class FlowConfig:
     # "independent": noise atom i flows to data atom i; "ot": the permutation (within
     # species when types are given) and common shift of shortest paths (flow/coupling.py)
     coupling: str = "independent"
-    # off-path training: late states (t >= 0.7) of a quarter of the crystals get their atoms
-    # displaced by offpath_sigma Å (Gaussian, mean-free); for them the coordinate velocity
-    # loss is replaced by a type-aware periodic Chamfer of the predicted clean crystal,
-    # weighted lambda_offpath (flow/losses.py): the model learns to return strayed atoms
+    # off-path training: late states (t >= offpath_after) of a share offpath_share of the
+    # crystals get their atoms displaced by offpath_sigma Å (Gaussian, mean-free); for them
+    # the coordinate velocity loss is replaced by a type-aware periodic Chamfer of the
+    # predicted clean crystal, weighted lambda_offpath (flow/losses.py): the model learns to
+    # return strayed atoms
     lambda_offpath: float = 0.0
     offpath_sigma: float = 0.5
+    offpath_share: float = 0.25
+    offpath_after: float = 0.7
 
 
 @dataclass(frozen=True)

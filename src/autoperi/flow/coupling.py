@@ -27,6 +27,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from autoperi.geometry.torus import wrap
+
 FORBIDDEN = 1e6  # cost of pairing atoms of different groups
 MAX_ANCHORS = 8  # shifts tried per crystal besides none: the cost grows with anchors x n^3
 
@@ -53,6 +55,24 @@ def ot_coupling(x0: Tensor, x1: Tensor, num_atoms: Tensor, groups: Tensor
         start += n
     return (torch.as_tensor(perm, device=x1.device),
             torch.as_tensor(shifts, dtype=x1.dtype, device=x1.device))
+
+
+def coupled_targets(x0: Tensor, x1: Tensor, types: Tensor, num_atoms: Tensor,
+                    types_given: Tensor, symmetry: tuple[Tensor, Tensor] | None = None
+                    ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
+    """The data side of a training batch re-paired with the noise x0 [N, 3] (`ot_coupling`):
+    positions x1 [N, 3] and type indices [N] permuted together and each crystal shifted;
+    atoms of crystals with types_given [N] (CSP) pair only within their species, the others
+    across all atoms. symmetry (ops [M, 3, 4], counts [B]) of the crystals is moved to the
+    shifted frame. Returns (x1, types, symmetry) in the noise's atom order."""
+    groups = torch.where(types_given, types, -1)
+    perm, shift = ot_coupling(x0, x1, num_atoms, groups)
+    crystal_idx = torch.repeat_interleave(torch.arange(len(num_atoms), device=x1.device),
+                                          num_atoms.to(x1.device))
+    if symmetry is not None:
+        ops, counts = symmetry
+        symmetry = (shift_operations(ops.to(x1.device), counts.to(x1.device), shift), counts)
+    return wrap(x1[perm] + shift[crystal_idx]), types[perm], symmetry
 
 
 def coupling_cost(x0: Tensor, x1: Tensor) -> Tensor:

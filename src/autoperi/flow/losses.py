@@ -13,7 +13,7 @@ from torch import Tensor
 
 from autoperi.config import FlowConfig
 from autoperi.data.crystal import CrystalBatch
-from autoperi.flow.coupling import ot_coupling, shift_operations
+from autoperi.flow.coupling import coupled_targets
 from autoperi.flow.model import FlowModel
 from autoperi.flow.paths import lattice_to_y, linear_path, remove_mean, torus_path
 from autoperi.geometry.graph import dense_graph
@@ -100,13 +100,11 @@ def stability_loss(model: FlowModel, frac: Tensor, y: Tensor, type_probs: Tensor
     return out.properties[:, heads.index(inner.stats.energy_property)].mean()
 
 
-OFFPATH_SHARE, OFFPATH_AFTER = 0.25, 0.7  # which crystals get off-path states
-
-
 def offpath_states(xt: Tensor, lattice: Tensor, crystal_idx: Tensor, t: Tensor, sigma: float,
-                   generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Displace the atoms of a random OFFPATH_SHARE of the crystals with t >= OFFPATH_AFTER
-    by isotropic Gaussian noise of sigma Å (per Cartesian component), less its per-crystal
+                   generator: torch.Generator, share: float = 0.25,
+                   after: float = 0.7) -> tuple[Tensor, Tensor]:
+    """Displace the atoms of a random `share` of the crystals with t >= `after` by
+    isotropic Gaussian noise of sigma Å (per Cartesian component), less its per-crystal
     mean: a common translation is a gauge the model's velocity cannot express (its mean is
     removed), so it would only add a floor to the Chamfer loss. Returns the new fractional
     coordinates [N, 3] and which crystals were displaced [B]. Sampling leaves the training
@@ -114,7 +112,7 @@ def offpath_states(xt: Tensor, lattice: Tensor, crystal_idx: Tensor, t: Tensor, 
     show the model such strays."""
     b = len(t)
     drawn = torch.rand(b, generator=generator).to(t.device)
-    chosen = (drawn < OFFPATH_SHARE) & (t >= OFFPATH_AFTER)
+    chosen = (drawn < share) & (t >= after)
     cart = sigma * torch.randn(xt.shape, generator=generator).to(xt.device)
     delta = torch.linalg.solve(lattice[crystal_idx].transpose(1, 2).to(xt.dtype),
                                cart.to(xt.dtype))  # frac = cart @ L^-1 (rows are vectors)
@@ -147,13 +145,9 @@ def training_losses(model: FlowModel, batch: CrystalBatch, flow: FlowConfig,
     onehot = F.one_hot(types, len(stats.vocab)).float()
     x0 = rand(n, 3)
     if flow.coupling == "ot":  # re-pair atoms of each crystal and shift it (flow/coupling.py)
-        groups = torch.where(csp[crystal_idx], types, -1)
-        perm, shift = ot_coupling(x0, x1, batch.num_atoms, groups)
-        x1, types = wrap(x1[perm] + shift[crystal_idx]), types[perm]
-        onehot = onehot[perm]
-        if symmetry is not None:
-            symmetry = (shift_operations(symmetry[0].to(device), symmetry[1].to(device),
-                                         shift), symmetry[1])
+        x1, types, symmetry = coupled_targets(x0, x1, types, batch.num_atoms, csp[crystal_idx],
+                                              symmetry)
+        onehot = F.one_hot(types, len(stats.vocab)).float()
     elif flow.coupling != "independent":
         raise ValueError(f"flow.coupling must be 'independent' or 'ot', got {flow.coupling!r}")
     y0_denovo = stats.lattice_prior.sample(batch.num_atoms, None, generator).to(device)
@@ -165,7 +159,8 @@ def training_losses(model: FlowModel, batch: CrystalBatch, flow: FlowConfig,
     strayed = torch.zeros(b, dtype=torch.bool, device=device)
     if flow.lambda_offpath > 0:
         xt, strayed = offpath_states(xt, batch.lattice.float(), crystal_idx, t,
-                                     flow.offpath_sigma, generator)
+                                     flow.offpath_sigma, generator, flow.offpath_share,
+                                     flow.offpath_after)
     type_t, _ = linear_path(noise, onehot, t_types[crystal_idx])
 
     # Conditions: known values, hidden per crystal (all at once) or per property.
