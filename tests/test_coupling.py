@@ -6,8 +6,7 @@ from test_flow import stats_for
 
 from autoperi.config import FlowConfig, ModelConfig
 from autoperi.data.crystal import CrystalBatch
-from autoperi.flow.coupling import (coupled_targets, coupling_cost, ot_coupling,
-                                   shift_operations)
+from autoperi.flow.coupling import coupled_targets, coupling_cost, ot_coupling, shift_operations
 from autoperi.flow.losses import symmetry_loss, training_losses
 from autoperi.flow.model import FlowModel
 from autoperi.geometry.torus import wrap
