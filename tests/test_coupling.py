@@ -113,6 +113,34 @@ def test_coupled_targets_move_types_with_positions_and_ops_with_the_shift():
     assert torch.equal(new_types[:5], types[:5])
 
 
+def test_ot_type_path_ends_at_the_types_the_loss_asks_for(monkeypatch):
+    import autoperi.flow.losses as losses
+
+    batch = CrystalBatch.from_structures(list(canonical_crystals().values()) * 4)
+    stats = stats_for(batch)
+    torch.manual_seed(0)
+    model = FlowModel(ModelConfig(hidden_dim=16, num_layers=1), stats)
+    seen = {}
+    real_path, real_ce = losses.linear_path, losses.F.cross_entropy
+
+    def path(x0, x1, t):
+        if x1.shape[-1] == len(stats.vocab):  # the type path (the lattice one has 6 columns)
+            seen["onehot"] = x1
+        return real_path(x0, x1, t)
+
+    def ce(logits, target):
+        seen["target"] = target
+        return real_ce(logits, target)
+
+    monkeypatch.setattr(losses, "linear_path", path)
+    monkeypatch.setattr(losses.F, "cross_entropy", ce)
+    flow = FlowConfig(coupling="ot", csp_fraction=0.0)  # every crystal de novo
+    training_losses(model, batch, flow, 0.0, torch.Generator().manual_seed(1))
+    # the interpolant's clean end and the cross-entropy target are the same permuted types
+    assert torch.equal(seen["onehot"].argmax(-1), seen["target"])
+    assert not torch.equal(seen["target"], stats.type_index(batch.atomic_numbers))
+
+
 def test_ot_training_losses_are_finite_and_shorter_paths_give_a_smaller_velocity_target():
     batch = CrystalBatch.from_structures(list(canonical_crystals().values()))
     stats = stats_for(batch)

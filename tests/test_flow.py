@@ -364,3 +364,20 @@ def test_offpath_loss_replaces_the_velocity_loss_of_strayed_crystals():
     everyone = training_losses(zero, batch, FlowConfig(), 0.0, g())["frac"]
     some = training_losses(zero, batch, FlowConfig(lambda_offpath=1.0), 0.0, g())["frac"]
     assert not torch.isclose(everyone, some)
+
+
+def test_offpath_share_and_start_time_reach_the_training_losses():
+    batch = CrystalBatch.from_structures(list(canonical_crystals().values()) * 8)
+    stats = stats_for(batch)
+    torch.manual_seed(0)
+    model = FlowModel(ModelConfig(hidden_dim=16, num_layers=1), stats)
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    # no time is late enough: nobody strays
+    never = training_losses(model, batch, FlowConfig(lambda_offpath=1.0, offpath_after=1.01),
+                            0.0, g())
+    assert never["offpath"] == 0
+    # every crystal strays: no atom is left for the velocity loss
+    always = training_losses(model, batch, FlowConfig(lambda_offpath=1.0, offpath_share=1.0,
+                                                      offpath_after=0.0), 0.0, g())
+    assert always["frac"] == 0 and always["offpath"] > 0
+    assert (FlowConfig().offpath_share, FlowConfig().offpath_after) == (0.25, 0.7)
