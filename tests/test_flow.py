@@ -346,12 +346,17 @@ def test_offpath_states_displace_late_crystals_by_sigma_angstrom():
     assert float(step.abs().max()) > 1e-3  # (and it did move)
 
 
-def test_offpath_loss_replaces_the_velocity_loss_of_strayed_crystals():
+def _offpath_setup():
+    """Eight copies of the canonical crystals, a tiny model, a fresh generator per call."""
     batch = CrystalBatch.from_structures(list(canonical_crystals().values()) * 8)
     stats = stats_for(batch)
     torch.manual_seed(0)
     model = FlowModel(ModelConfig(hidden_dim=16, num_layers=1), stats)
-    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    return batch, stats, model, lambda: torch.Generator().manual_seed(3)
+
+
+def test_offpath_loss_replaces_the_velocity_loss_of_strayed_crystals():
+    batch, stats, model, g = _offpath_setup()
     plain = training_losses(model, batch, FlowConfig(), 0.0, g())
     strayed = training_losses(model, batch, FlowConfig(lambda_offpath=1.0), 0.0, g())
     assert plain["offpath"] == 0 and strayed["offpath"] > 0
@@ -367,11 +372,7 @@ def test_offpath_loss_replaces_the_velocity_loss_of_strayed_crystals():
 
 
 def test_offpath_share_and_start_time_reach_the_training_losses():
-    batch = CrystalBatch.from_structures(list(canonical_crystals().values()) * 8)
-    stats = stats_for(batch)
-    torch.manual_seed(0)
-    model = FlowModel(ModelConfig(hidden_dim=16, num_layers=1), stats)
-    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    batch, _, model, g = _offpath_setup()
     # no time is late enough: nobody strays
     never = training_losses(model, batch, FlowConfig(lambda_offpath=1.0, offpath_after=1.01),
                             0.0, g())
