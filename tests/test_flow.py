@@ -382,3 +382,5 @@ def test_offpath_share_and_start_time_reach_the_training_losses():
                                                       offpath_after=0.0), 0.0, g())
     assert always["frac"] == 0 and always["offpath"] > 0
     assert (FlowConfig().offpath_share, FlowConfig().offpath_after) == (0.25, 0.7)
+    with pytest.raises(ValueError, match="offpath_share"):
+        training_losses(model, batch, FlowConfig(lambda_offpath=1.0, offpath_share=1.5), 0.0, g())

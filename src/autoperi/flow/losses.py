@@ -110,6 +110,9 @@ def offpath_states(xt: Tensor, lattice: Tensor, crystal_idx: Tensor, t: Tensor, 
     coordinates [N, 3] and which crystals were displaced [B]. Sampling leaves the training
     paths (errors accumulate), and atoms that stray late can end on one site; these states
     show the model such strays."""
+    if not 0.0 <= share <= 1.0 or sigma < 0:
+        raise ValueError(f"flow.offpath_share must be in [0, 1] and offpath_sigma >= 0, got "
+                         f"{share} and {sigma}")
     b = len(t)
     drawn = torch.rand(b, generator=generator).to(t.device)
     chosen = (drawn < share) & (t >= after)
