@@ -120,6 +120,7 @@ def test_two_process_ddp_on_cpu(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     info = (tmp_path / "ddp" / "model" / "info.json").read_text()
     assert '"world_size": 2' in info
+    assert done.stdout.count("model written") == 1  # one report, from rank 0
 
 
 def test_schedule_and_batches():

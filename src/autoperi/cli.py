@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 from autoperi import __version__
@@ -134,7 +133,7 @@ class _train:
     @staticmethod
     def run(args) -> int:
         from autoperi.config import Config, parse_overrides
-        from autoperi.train import train
+        from autoperi.train import is_main_process, train
 
         overrides = parse_overrides(args.overrides)
         if args.data:
@@ -143,7 +142,7 @@ class _train:
             overrides["train.seed"] = args.seed
         config = Config.load(args.config).override(overrides)
         out = train(config, args.out, resume=args.resume, device=args.device)
-        if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 writes the model
+        if is_main_process():  # under torchrun only rank 0 writes the model
             print(f"model written to {out / 'model'}")
         return 0
 

@@ -223,6 +223,12 @@ def _autocast(precision: str, device: torch.device):
     raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {precision!r}")
 
 
+def is_main_process() -> bool:
+    """True on the process that writes files and reports: rank 0 of a torchrun job, or the
+    only process."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
 def _init_distributed() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
