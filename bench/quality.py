@@ -1,6 +1,7 @@
 """Quality columns shared by the sampling benchmarks (sample.py, schedule.py): CSP match
 rate / RMSE (StructureMatcher stol 0.5, ltol 0.3, angle 10, k = 1), validity, and the share
-of crystals spglib finds no symmetry in (P1 at symprec 0.1; the bundled data: ~0 %)."""
+of crystals spglib finds no symmetry in (P1; symprec 0.1 Å unless given; the bundled data:
+~0 %)."""
 
 from __future__ import annotations
 
@@ -9,19 +10,19 @@ from autoperi.eval.match import csp_rms, csp_summary
 from autoperi.eval.validity import compositional_validity, structural_validity
 
 
-def p1_share(structures) -> float:
-    return float((space_groups(structures, 0.1, progress=False) == 1).mean())
+def p1_share(structures, symprec: float = 0.1) -> float:
+    return float((space_groups(structures, symprec, progress=False) == 1).mean())
 
 
-def csp_quality(predicted, truth) -> dict:
+def csp_quality(predicted, truth, symprec: float = 0.1) -> dict:
     summary = csp_summary(csp_rms(predicted, truth)[:, None])
     return {"csp_match_rate": summary["match_rate"], "csp_rmse": summary["rmse"],
-            "csp_p1_share": p1_share(predicted)}
+            "csp_p1_share": p1_share(predicted, symprec)}
 
 
-def denovo_quality(made, prefix: str = "", p1: bool = True) -> dict:
+def denovo_quality(made, prefix: str = "", p1: bool = True, symprec: float = 0.1) -> dict:
     row = {f"{prefix}structural_validity": float(structural_validity(made).mean()),
            f"{prefix}compositional_validity": float(compositional_validity(made).mean())}
     if p1:
-        row["denovo_p1_share"] = p1_share(made)
+        row["denovo_p1_share"] = p1_share(made, symprec)
     return row

@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--num-csp", type=int, default=480)
     parser.add_argument("--num-denovo", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--symprec", type=float, default=0.1, help="spglib tolerance of P1")
     parser.add_argument("--out", default="bench/results/schedule.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -50,16 +51,17 @@ def main() -> None:
             predicted = predict_structures(inputs, model, 1, steps, seed=args.seed,
                                            progress=False, jump_at=jump)
             row = {"model": name, "steps": steps, "jump_at": jump,
-                   **csp_quality(predicted, inputs)}
+                   **csp_quality(predicted, inputs, args.symprec)}
             if config.flow.generate_types and args.num_denovo:
                 made = sample(model, args.num_denovo, steps=steps, seed=args.seed,
                               progress=False, jump_at=jump)
-                row.update(denovo_quality(made))
+                row.update(denovo_quality(made, symprec=args.symprec))
             rows.append(row)
             print(json.dumps(row), flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"split": args.split, "seed": args.seed, "rows": rows}, indent=1))
+    out.write_text(json.dumps({"split": args.split, "seed": args.seed, "symprec": args.symprec,
+                               "rows": rows}, indent=1))
     print(f"wrote {out}")
 
 
