@@ -53,25 +53,26 @@ def test_tiny_run_writes_a_loadable_model(tmp_path):
 def test_resume_continues_bit_for_bit(tmp_path, monkeypatch):
     straight = train(config(), tmp_path / "straight", progress=False)
 
-    real_save = checkpoint.save_training_state
     # The module, not the function `autoperi.train` that the package exports under its name.
     train_module = importlib.import_module("autoperi.train")
 
-    def save_then_die(folder, model, ema, optimizer, step, extra):
-        real_save(folder, model, ema, optimizer, step, extra)
-        if step == 3:
-            raise KeyboardInterrupt  # killed right after the step-3 checkpoint
+    real_write = train_module._CsvLog.write
 
-    monkeypatch.setattr(train_module, "save_training_state", save_then_die)
+    def write_then_die(self, row):
+        real_write(self, row)
+        if row["step"] == 4:
+            raise KeyboardInterrupt  # killed after logging step 4; last checkpoint: step 3
+
+    monkeypatch.setattr(train_module._CsvLog, "write", write_then_die)
     with pytest.raises(KeyboardInterrupt):
         train(config(), tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(train_module, "save_training_state", real_save)
+    monkeypatch.setattr(train_module._CsvLog, "write", real_write)
     resumed = train(config(), tmp_path / "resumed", resume=True, progress=False)
     a = load_file(str(straight / "model" / "model.safetensors"))
     b = load_file(str(resumed / "model" / "model.safetensors"))
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    # The interrupted log continued rather than restarting.
+    # The interrupted log continued rather than restarting, without the step-4 row twice.
     steps = [line.split(",")[0] for line in (resumed / "train_log.csv").read_text().splitlines()]
     assert steps == ["step", "2", "4", "6"]
 
@@ -81,7 +82,7 @@ def test_resume_upgrades_an_old_log_header(tmp_path):
 
     log = tmp_path / "train_log.csv"
     log.write_text("step,lr,train_loss,val_loss\n2,0.1,3.5,4.0\n")
-    writer = _CsvLog(log, resume=True)
+    writer = _CsvLog(log, resume_step=2)
     writer.write({"step": 4, "lr": 0.05, "train_loss": 3.0})
     header, first, second = log.read_text().splitlines()
     assert header.split(",") == list(_CsvLog.FIELDS)

@@ -132,7 +132,7 @@ def train(config: Config, out: str | Path, resume: bool = False,
     val_idx = dataset.indices("val")[:512]
     val = dataset.crystals.select(val_idx.tolist())
     val_symmetry = dataset.symmetry(val_idx) if config.flow.lambda_symmetry > 0 else None
-    logger = _CsvLog(out / "train_log.csv", resume=start > 0) if rank == 0 else None
+    logger = _CsvLog(out / "train_log.csv", resume_step=start) if rank == 0 else None
     autocast = _autocast(config.train.precision, device)
     bar = tqdm(range(start, config.train.steps), initial=start, total=config.train.steps,
                disable=not progress or rank != 0, desc="training")
@@ -242,13 +242,15 @@ class _CsvLog:
     FIELDS = ("step", "lr", "grad_norm", "crystals_per_s",
               *(f"train_{k}" for k in LOSS_NAMES), "val_loss")
 
-    def __init__(self, path: Path, resume: bool):
+    def __init__(self, path: Path, resume_step: int = 0):
+        """resume_step > 0: keep the rows up to that step (the checkpoint the run resumes
+        from) under the current columns; rows logged after it by the interrupted process are
+        dropped, since the resumed run logs those steps again."""
         self.path = path
-        if not resume or not path.exists():
+        if resume_step == 0 or not path.exists():
             path.write_text(",".join(self.FIELDS) + "\n")
-        elif path.read_text().split("\n", 1)[0] != ",".join(self.FIELDS):
-            # A run resumed by a newer version: rewrite the log under the current columns.
-            rows = list(csv.DictReader(path.open()))
+        else:
+            rows = [r for r in csv.DictReader(path.open()) if int(r["step"]) <= resume_step]
             with path.open("w", newline="") as f:
                 writer = csv.DictWriter(f, self.FIELDS, extrasaction="ignore")
                 writer.writeheader()
