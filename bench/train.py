@@ -22,7 +22,7 @@ from autoperi.config import Config  # noqa: E402
 from autoperi.data.datasets import load_dataset  # noqa: E402
 from autoperi.flow.losses import training_losses  # noqa: E402
 from autoperi.flow.model import FlowModel  # noqa: E402
-from autoperi.train import batch_indices, data_stats  # noqa: E402
+from autoperi.train import batch_indices, data_stats, native_bf16  # noqa: E402
 
 
 def matmul_roof(dtype: torch.dtype, size: int = 1024, repeats: int = 10) -> float:
@@ -93,6 +93,7 @@ def main() -> None:
     result = {
         "config": args.config, "batch_size": config.train.batch_size,
         "matmul_roof_gflops": {"fp32": roof32, "bf16": roof16},
+        "native_bf16": native_bf16(torch.device("cpu")),  # training falls back to fp32 if not
         "bf16_speedup": rows["fp32"]["seconds_per_step"] / rows["bf16"]["seconds_per_step"],
         "rows": rows,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "

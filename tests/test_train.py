@@ -100,6 +100,22 @@ def test_bf16_autocast_trains(tmp_path):
         train(config(**{"train.precision": "fp8"}), tmp_path / "bad", progress=False)
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_autocast_only_where_native(native, monkeypatch, caplog):
+    # emulated bf16 (AVX2-only CPUs) is several times slower than fp32: fall back, and say so
+    train_module = importlib.import_module("autoperi.train")
+
+    monkeypatch.setattr(train_module, "native_bf16", lambda device: native)
+    a = torch.randn(4, 4)
+    with caplog.at_level("WARNING", logger="autoperi.train"):
+        with train_module._autocast("bf16", torch.device("cpu")):
+            product = a @ a
+    assert product.dtype == (torch.bfloat16 if native else torch.float32)
+    assert ("no native bf16" in caplog.text) == (not native)
+    with train_module._autocast("fp32", torch.device("cpu")):
+        assert (a @ a).dtype == torch.float32
+
+
 def test_auxiliary_losses_train_end_to_end(tmp_path):
     run = train(config(**{"flow.lambda_symmetry": 0.1, "flow.lambda_stability": 0.1,
                           "train.steps": 3}), tmp_path / "aux", progress=False)

@@ -215,12 +215,26 @@ def _update_ema(ema: dict, model: torch.nn.Module, decay: float, step: int) -> N
                 ema[k].copy_(v)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 matmuls in hardware. CPUs without AVX-512 or AMX
+    (e.g. AVX2-only AMD EPYC) emulate bf16: measured there, a bf16-autocast training step is
+    several times slower than fp32 (BENCHMARKS.md, "Training throughput")."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return True  # other backends: trust the user's choice
+
+
 def _autocast(precision: str, device: torch.device):
-    if precision == "fp32":
-        return torch.autocast(device.type, enabled=False)
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {precision!r}")
+    """bf16 autocast where the device has native bf16, else fp32 (with a warning)."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {precision!r}")
+    if precision == "bf16" and not native_bf16(device):
+        log.warning("train.precision=bf16: this %s has no native bf16 (emulated bf16 is "
+                    "several times slower); training in fp32", device.type)
+        precision = "fp32"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def is_main_process() -> bool:
