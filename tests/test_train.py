@@ -162,3 +162,17 @@ def test_oversampled_repeats_only_crystals_in_the_window():
     assert np.array_equal(oversampled(train_idx, values, 1.35, 1.65, 1), train_idx)
     with pytest.raises(ValueError, match="oversample_factor"):
         oversampled(train_idx, values, 0, 1, 0)
+
+
+def test_init_from_starts_from_a_model_folder(tmp_path):
+    first = train(config(), tmp_path / "a", progress=False)
+    frozen = {"train.lr": 0.0, "train.steps": 2, "train.seed": 7}
+    started = train(config(**frozen, **{"train.init_from": str(first / "model")}),
+                    tmp_path / "b", progress=False)
+    fresh = train(config(**frozen), tmp_path / "c", progress=False)
+    a, b, c = (load_file(str(r / "model" / "model.safetensors")) for r in (first, started, fresh))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # lr 0: the run keeps the weights it got
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    with pytest.raises(ValueError, match="does not fit"):
+        train(config(**{"model.hidden_dim": 32, "train.init_from": str(first / "model")}),
+              tmp_path / "d", progress=False)

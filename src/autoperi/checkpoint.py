@@ -65,6 +65,21 @@ def load_model(name_or_path: str | Path | None = None,
 
 
 # ---------------------------------------------------------------------- training state
+def init_weights(model: FlowModel, name_or_path: str | Path) -> None:
+    """Load a model folder's weights into `model` in place (train.init_from); ValueError
+    naming the folder when its architecture or element vocabulary differs."""
+    source, _ = load_model(name_or_path)
+    weights, own = source.state_dict(), model.state_dict()
+    wrong = sorted(k for k in set(own) | set(weights)
+                   if k not in weights or k not in own or weights[k].shape != own[k].shape)
+    if wrong or source.stats.vocab != model.stats.vocab:
+        what = f"weights {wrong[:3]}" if wrong else "element vocabulary"
+        raise ValueError(f"train.init_from: {resolve_model_path(name_or_path)} does not fit "
+                         f"this model (its {what} differ); use the model section and data "
+                         "it was trained with")
+    model.load_state_dict(weights)
+
+
 def save_training_state(folder: Path, model: torch.nn.Module, ema: dict[str, torch.Tensor],
                         optimizer: torch.optim.Optimizer, step: int, extra: dict) -> None:
     """Everything needed to continue training bit for bit."""

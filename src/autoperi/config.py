@@ -86,6 +86,10 @@ class TrainConfig:
     # `oversample_factor` times per epoch (rare targets for conditional generation)
     oversample: str = ""
     oversample_factor: int = 1
+    # a model folder or shipped model name whose weights start this run (fine-tuning on a
+    # machine without the original checkpoint); optimizer, EMA and schedule start fresh.
+    # The model section must match the one the weights were trained with.
+    init_from: str = ""
 
 
 @dataclass(frozen=True)

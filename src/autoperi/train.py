@@ -21,7 +21,12 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from autoperi.checkpoint import load_training_state, save_model, save_training_state
+from autoperi.checkpoint import (
+    init_weights,
+    load_training_state,
+    save_model,
+    save_training_state,
+)
 from autoperi.config import Config, parse_targets
 from autoperi.data.crystal import CrystalBatch
 from autoperi.data.datasets import CrystalDataset, load_dataset
@@ -105,14 +110,18 @@ def train(config: Config, out: str | Path, resume: bool = False,
     if rank == 0 and world > 1:
         dist.barrier()
     stats = data_stats(dataset, config)
-    model = FlowModel(config.model, stats).to(device)
+    model = FlowModel(config.model, stats)
+    resuming = resume and (out / "checkpoint" / "state.json").exists()
+    if config.train.init_from and not resuming:
+        init_weights(model, config.train.init_from)
+    model = model.to(device)
     ddp_model = (torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr,
                                   weight_decay=config.train.weight_decay)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
     start = 0
     checkpoint = out / "checkpoint"
-    if resume and (checkpoint / "state.json").exists():
+    if resuming:
         ema, state = load_training_state(checkpoint, model, optimizer)
         start = state["step"]
         log.info("resuming from step %d", start)
