@@ -1,6 +1,7 @@
 """Training: a tiny real run, bit-exact resume, two-process DDP on CPU, model folders."""
 
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -96,6 +97,9 @@ def test_bf16_autocast_trains(tmp_path):
                 progress=False)
     weights = load_file(str(run / "model" / "model.safetensors"))
     assert all(torch.isfinite(v).all() for v in weights.values())
+    used = json.loads((run / "model" / "info.json").read_text())["precision"]
+    native = importlib.import_module("autoperi.train").native_bf16(torch.device("cpu"))
+    assert used == ("bf16" if native else "fp32")
     with pytest.raises(ValueError, match="precision"):
         train(config(**{"train.precision": "fp8"}), tmp_path / "bad", progress=False)
 

@@ -142,7 +142,8 @@ def train(config: Config, out: str | Path, resume: bool = False,
     val = dataset.crystals.select(val_idx.tolist())
     val_symmetry = dataset.symmetry(val_idx) if config.flow.lambda_symmetry > 0 else None
     logger = _CsvLog(out / "train_log.csv", resume_step=start) if rank == 0 else None
-    autocast = _autocast(config.train.precision, device)
+    precision = effective_precision(config.train.precision, device)
+    autocast = _autocast(precision, device)
     bar = tqdm(range(start, config.train.steps), initial=start, total=config.train.steps,
                disable=not progress or rank != 0, desc="training")
     t_start, crystals_seen = time.perf_counter(), 0
@@ -183,7 +184,7 @@ def train(config: Config, out: str | Path, resume: bool = False,
         save_model(model, config, out / "model", state=ema, info={
             "steps": config.train.steps, "train_crystals": int(len(np.unique(train_idx))),
             "dataset_summary": dataset.summary(), "seconds_this_session": round(elapsed, 1),
-            "world_size": world,
+            "world_size": world, "precision": precision,
         })
     if world > 1:
         dist.barrier()
@@ -235,15 +236,22 @@ def native_bf16(device: torch.device) -> bool:
     return True  # other backends: trust the user's choice
 
 
-def _autocast(precision: str, device: torch.device):
-    """bf16 autocast where the device has native bf16, else fp32 (with a warning)."""
+def effective_precision(precision: str, device: torch.device) -> str:
+    """The precision a run uses: bf16 only where the device has native bf16, else fp32
+    (with a warning)."""
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {precision!r}")
     if precision == "bf16" and not native_bf16(device):
         log.warning("train.precision=bf16: this %s has no native bf16 (emulated bf16 is "
                     "several times slower); training in fp32", device.type)
-        precision = "fp32"
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+        return "fp32"
+    return precision
+
+
+def _autocast(precision: str, device: torch.device):
+    """bf16 autocast where the device has native bf16, else fp32 (with a warning)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16,
+                          enabled=effective_precision(precision, device) == "bf16")
 
 
 def is_main_process() -> bool:
