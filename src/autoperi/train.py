@@ -111,7 +111,8 @@ def train(config: Config, out: str | Path, resume: bool = False,
         dist.barrier()
     stats = data_stats(dataset, config)
     model = FlowModel(config.model, stats)
-    resuming = resume and (out / "checkpoint" / "state.json").exists()
+    checkpoint = out / "checkpoint"
+    resuming = resume and (checkpoint / "state.json").exists()
     if config.train.init_from and not resuming:
         init_weights(model, config.train.init_from)
     model = model.to(device)
@@ -120,7 +121,6 @@ def train(config: Config, out: str | Path, resume: bool = False,
                                   weight_decay=config.train.weight_decay)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
     start = 0
-    checkpoint = out / "checkpoint"
     if resuming:
         ema, state = load_training_state(checkpoint, model, optimizer)
         start = state["step"]
@@ -143,7 +143,7 @@ def train(config: Config, out: str | Path, resume: bool = False,
     val_symmetry = dataset.symmetry(val_idx) if config.flow.lambda_symmetry > 0 else None
     logger = _CsvLog(out / "train_log.csv", resume_step=start) if rank == 0 else None
     precision = effective_precision(config.train.precision, device)
-    autocast = _autocast(precision, device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     bar = tqdm(range(start, config.train.steps), initial=start, total=config.train.steps,
                disable=not progress or rank != 0, desc="training")
     t_start, crystals_seen = time.perf_counter(), 0
@@ -246,12 +246,6 @@ def effective_precision(precision: str, device: torch.device) -> str:
                     "several times slower); training in fp32", device.type)
         return "fp32"
     return precision
-
-
-def _autocast(precision: str, device: torch.device):
-    """bf16 autocast where the device has native bf16, else fp32 (with a warning)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16,
-                          enabled=effective_precision(precision, device) == "bf16")
 
 
 def is_main_process() -> bool:
