@@ -15,7 +15,9 @@ from autoperi.flow.model import DataStats, FlowModel, FlowOutput
 from autoperi.flow.paths import (
     lattice_to_y,
     linear_path,
+    masked_type_path,
     remove_mean,
+    reveal_probability,
     torus_path,
     y_to_lattice,
 )
@@ -115,9 +117,10 @@ def test_masked_mae():
 class ExactField(nn.Module):
     """The exact conditional velocity towards one known crystal (per batch position)."""
 
-    def __init__(self, target: CrystalBatch, stats: DataStats):
+    def __init__(self, target: CrystalBatch, stats: DataStats, type_path: str = "gaussian"):
         super().__init__()
         self.target, self.stats = target, stats
+        self.config = ModelConfig(type_path=type_path)
         self.dummy = nn.Parameter(torch.zeros(1))
 
     def forward(self, type_state, frac, y, num_atoms, t, t_types, values=None, mask=None):
@@ -150,6 +153,73 @@ def test_sampler_reaches_the_target_of_an_exact_field(method, steps, jump):
     diff = diff - remove_mean(diff, target.crystal_idx, 2)
     spread = shortest_displacement(out.frac_coords - target.frac_coords - diff)
     assert spread.abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("method,jump", [("euler", 1.0), ("heun", 0.6)])
+def test_masked_types_reach_the_target_of_an_exact_field(method, jump):
+    crystals = canonical_crystals()
+    target = CrystalBatch.from_structures([crystals["perovskite_SrTiO3"],
+                                           crystals["rocksalt_NaCl"]])
+    stats = stats_for(target)
+    out, path = sample_flow(ExactField(target, stats, "masked"), Request(target.num_atoms), 6,
+                            method, generator=torch.Generator().manual_seed(0), trajectory=True,
+                            jump_at=jump)
+    assert torch.equal(out.atomic_numbers, target.atomic_numbers)  # every atom revealed
+    assert all(torch.equal(p.atomic_numbers, target.atomic_numbers) for p in path)
+
+
+class FollowTheFirst(nn.Module):
+    """Hidden atoms: the element of the crystal's revealed atoms if any, else either of two
+    elements with equal odds. Only a sampler that reveals atoms one after another and
+    conditions on the revealed ones makes every crystal a single element."""
+
+    def __init__(self, stats: DataStats):
+        super().__init__()
+        self.stats, self.config = stats, ModelConfig(type_path="masked")
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, type_state, frac, y, num_atoms, t, t_types, values=None, mask=None):
+        b, k = len(num_atoms), type_state.shape[1]
+        crystal_idx = torch.repeat_interleave(torch.arange(b), num_atoms)
+        seen = torch.zeros(b, k).index_add(0, crystal_idx, type_state)[crystal_idx]  # [N, K]
+        logits = torch.where(seen.sum(-1, keepdim=True) > 0, 50.0 * (seen > 0).float(),
+                             torch.zeros_like(seen))
+        logits[:, 2:] = -50.0  # only the first two vocabulary elements
+        return FlowOutput(torch.zeros_like(frac), torch.zeros_like(y), logits,
+                          torch.zeros(b, 0))
+
+
+def test_masked_sampling_draws_later_atoms_given_the_earlier_ones():
+    target = CrystalBatch.from_structures([canonical_crystals()["perovskite_SrTiO3"]] * 40)
+    stats = stats_for(target)
+
+    def single_element_share(steps):
+        out, _ = sample_flow(FollowTheFirst(stats), Request(target.num_atoms), steps, "euler",
+                             generator=torch.Generator().manual_seed(0))
+        per_crystal = out.atomic_numbers.view(40, 5)
+        assert set(per_crystal[:, 0].tolist()) == set(stats.vocab[:2])  # drawn, not argmax
+        return float((per_crystal == per_crystal[:, :1]).all(1).float().mean())
+
+    # Atoms revealed in the same step are drawn independently: one step makes 2 of 32
+    # equally likely crystals single-element; with fine steps later atoms follow the first.
+    assert single_element_share(1) < 0.3
+    assert single_element_share(400) > 0.9
+
+
+def test_masked_type_path_reveals_at_rate_t():
+    onehot = torch.nn.functional.one_hot(torch.arange(20000) % 4, 4).float()
+    g = torch.Generator().manual_seed(0)
+    for t in (0.0, 0.3, 1.0):
+        state, revealed = masked_type_path(onehot, torch.full((20000,), t), g)
+        assert abs(revealed.float().mean() - t) < 0.01
+        assert torch.equal(state[revealed], onehot[revealed])
+        assert bool((state[~revealed] == 0).all())
+    # Sampling reveals with dt / (1 - t) per step: P(still hidden at t_k) = 1 - t_k exactly.
+    grid = [k / 7 for k in range(8)]
+    hidden = 1.0
+    for a, b in zip(grid[:-1], grid[1:]):
+        hidden *= 1.0 - reveal_probability(a, b - a)
+        assert hidden == pytest.approx(1.0 - b, abs=1e-12)
 
 
 def test_sampler_csp_keeps_types_and_respects_element_mask():
@@ -191,7 +261,8 @@ def test_decode_types_is_the_best_assignment_that_passes_the_check():
     assert torch.equal(never, log_probs.argmax(-1))
 
 
-def test_committed_types_honour_the_check_and_the_geometry_still_arrives():
+@pytest.mark.parametrize("type_path", ["gaussian", "masked"])
+def test_committed_types_honour_the_check_and_the_geometry_still_arrives(type_path):
     crystals = canonical_crystals()
     target = CrystalBatch.from_structures([crystals["perovskite_SrTiO3"]])
     stats = stats_for(target)  # vocab O, Ti, Sr; the field wants SrTiO3
@@ -199,7 +270,7 @@ def test_committed_types_honour_the_check_and_the_geometry_still_arrives():
     def no_titanium(numbers):
         return 22 not in numbers
 
-    out, _ = sample_flow(ExactField(target, stats),
+    out, _ = sample_flow(ExactField(target, stats, type_path),
                          Request(target.num_atoms, composition_check=no_titanium), 6, "euler",
                          generator=torch.Generator().manual_seed(0), commit_at=0.5)
     assert 22 not in out.atomic_numbers.tolist()
@@ -233,6 +304,33 @@ def test_training_losses_are_finite_and_switchable():
     assert csp["types"] == 0
     again = training_losses(model, batch, FlowConfig(), 0.5, g())
     assert torch.equal(again["loss"], losses["loss"])
+    with pytest.raises(ValueError, match="type_path"):
+        training_losses(FlowModel(ModelConfig(hidden_dim=16, num_layers=1, type_path="x"),
+                                  stats), batch, FlowConfig(), 0.5, g())
+
+
+def test_masked_type_loss_scores_hidden_atoms_only():
+    batch = CrystalBatch.from_structures(list(canonical_crystals().values()))
+    stats = stats_for(batch)
+    torch.manual_seed(0)
+    model = FlowModel(ModelConfig(hidden_dim=16, num_layers=1, type_path="masked"), stats)
+    seen = {}
+
+    def spy(module, args, output):
+        seen["state"], seen["logits"] = args[0], output.type_logits
+    model.register_forward_hook(spy)
+    only_types = FlowConfig(csp_fraction=0.0, lambda_frac=0, lambda_lattice=0, lambda_recon=0,
+                            lambda_property=0)
+    losses = training_losses(model, batch, only_types, 0.0, torch.Generator().manual_seed(2))
+    state = seen["state"]
+    hidden = state.sum(-1) == 0
+    assert bool(hidden.any()) and bool((~hidden).any())  # a mix at random times
+    assert bool(((state == 0) | (state == 1)).all())  # one-hot rows or zeros, no noise
+    targets = stats.type_index(batch.atomic_numbers)
+    assert torch.equal(state[~hidden].argmax(-1), targets[~hidden])  # revealed = true types
+    expected = torch.nn.functional.cross_entropy(seen["logits"][hidden], targets[hidden])
+    assert torch.allclose(losses["types"], expected)  # revealed atoms are not scored
+    assert torch.isfinite(losses["types"]) and losses["types"] > 0
 
 
 def test_flow_model_symmetries():

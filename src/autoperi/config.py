@@ -40,6 +40,11 @@ class ModelConfig:
     element_features: bool = True  # add Magpie elemental features to atom embeddings
     lattice_latent_dim: int = 8  # rows of the d x 3 lattice-aware latent
     condition_dropout: float = 0.2  # classifier-free guidance: P(condition hidden) per property
+    # how atom types flow (de novo): "gaussian": straight lines from Gaussian noise to one-hot
+    # vectors; "masked": every atom starts hidden (a zero vector) and is revealed, as its
+    # sampled element, at a random time (P(revealed by t) = t), so later atoms are drawn
+    # knowing the earlier ones (flow/paths.py)
+    type_path: str = "gaussian"
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,14 @@ from autoperi.config import FlowConfig
 from autoperi.data.crystal import CrystalBatch
 from autoperi.flow.coupling import coupled_targets
 from autoperi.flow.model import FlowModel
-from autoperi.flow.paths import lattice_to_y, linear_path, remove_mean, torus_path
+from autoperi.flow.paths import (
+    TYPE_PATHS,
+    lattice_to_y,
+    linear_path,
+    masked_type_path,
+    remove_mean,
+    torus_path,
+)
 from autoperi.geometry.graph import dense_graph
 from autoperi.geometry.torus import shortest_displacement, wrap
 
@@ -128,7 +135,10 @@ def training_losses(model: FlowModel, batch: CrystalBatch, flow: FlowConfig,
                     symmetry: tuple[Tensor, Tensor] | None = None) -> dict[str, Tensor]:
     """All loss terms for one batch of clean crystals; key "loss" is the weighted total.
     symmetry: (ops [M, 3, 4], counts [B]) of the batch's crystals, for lambda_symmetry."""
-    stats = getattr(model, "module", model).stats  # through a DDP wrapper
+    inner = getattr(model, "module", model)  # through a DDP wrapper
+    stats, type_path = inner.stats, inner.config.type_path
+    if type_path not in TYPE_PATHS:
+        raise ValueError(f"model.type_path must be one of {TYPE_PATHS}, got {type_path!r}")
     device = batch.frac_coords.device
     b, n = batch.num_crystals, batch.frac_coords.shape[0]
     crystal_idx = batch.crystal_idx
@@ -156,7 +166,8 @@ def training_losses(model: FlowModel, batch: CrystalBatch, flow: FlowConfig,
     y0_denovo = stats.lattice_prior.sample(batch.num_atoms, None, generator).to(device)
     y0_csp = stats.lattice_prior.sample(batch.num_atoms, batch.atomic_numbers, generator).to(device)
     y0 = torch.where(csp[:, None], y0_csp, y0_denovo)
-    noise = torch.randn(n, len(stats.vocab), generator=generator).to(device)
+    if type_path == "gaussian":
+        noise = torch.randn(n, len(stats.vocab), generator=generator).to(device)
     xt, u_frac = torus_path(x0, x1, t[crystal_idx])
     yt, u_lattice = linear_path(y0, y1, t)
     strayed = torch.zeros(b, dtype=torch.bool, device=device)
@@ -164,7 +175,11 @@ def training_losses(model: FlowModel, batch: CrystalBatch, flow: FlowConfig,
         xt, strayed = offpath_states(xt, batch.lattice.float(), crystal_idx, t,
                                      flow.offpath_sigma, generator, flow.offpath_share,
                                      flow.offpath_after)
-    type_t, _ = linear_path(noise, onehot, t_types[crystal_idx])
+    if type_path == "gaussian":
+        type_t, _ = linear_path(noise, onehot, t_types[crystal_idx])
+        revealed = torch.zeros(n, dtype=torch.bool, device=device)
+    else:  # masked: only hidden atoms have anything to predict
+        type_t, revealed = masked_type_path(onehot, t_types[crystal_idx], generator)
 
     # Conditions: known values, hidden per crystal (all at once) or per property.
     names = stats.conditions
@@ -181,7 +196,7 @@ def training_losses(model: FlowModel, batch: CrystalBatch, flow: FlowConfig,
         "frac": torus_velocity_loss(out.frac_velocity, u_frac, crystal_idx, b, on_path),
         "lattice": F.mse_loss(out.lattice_velocity, u_lattice),
     }
-    denovo_atoms = ~csp[crystal_idx]
+    denovo_atoms = ~csp[crystal_idx] & ~revealed
     if flow.generate_types and bool(denovo_atoms.any()):
         losses["types"] = F.cross_entropy(out.type_logits[denovo_atoms], types[denovo_atoms])
     else:
@@ -213,7 +228,7 @@ def training_losses(model: FlowModel, batch: CrystalBatch, flow: FlowConfig,
     # for de novo crystals, given for CSP ones). Costs a second forward pass, so only if on.
     if flow.lambda_stability > 0:
         y1_pred = yt + (1 - t)[:, None] * out.lattice_velocity
-        probs = torch.where(csp[crystal_idx, None], onehot,
+        probs = torch.where((csp[crystal_idx] | revealed)[:, None], onehot,
                             torch.softmax(out.type_logits, dim=-1))
         losses["stability"] = stability_loss(model, x1_pred, y1_pred, probs, batch.num_atoms)
     else:

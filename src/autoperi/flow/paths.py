@@ -3,7 +3,9 @@
 * fractional coordinates: geodesics on the flat torus, constant velocity;
 * lattice: straight lines in y = (log a, log b, log c, alpha, beta, gamma), a rotation-
   invariant parametrisation (lengths in Å, angles in radians);
-* atom types: straight lines from Gaussian noise to one-hot vectors over the vocabulary.
+* atom types: straight lines from Gaussian noise to one-hot vectors over the vocabulary
+  ("gaussian"), or a masked (absorbing-state) discrete path: each atom is hidden, a zero
+  vector, until a random time and then shows its one-hot type ("masked").
 """
 
 import math
@@ -38,6 +40,25 @@ def torus_path(x0: Tensor, x1: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
 def linear_path(x0: Tensor, x1: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
     """(1 - t) x0 + t x1 for t [rows], and its velocity x1 - x0."""
     return x0 + t[:, None] * (x1 - x0), x1 - x0
+
+
+TYPE_PATHS = ("gaussian", "masked")
+
+
+def masked_type_path(onehot: Tensor, t: Tensor, generator: torch.Generator | None = None
+                     ) -> tuple[Tensor, Tensor]:
+    """State of a masked type path at per-atom times t [N]: each atom is revealed with
+    probability t (independently), a revealed atom shows its one-hot row, a hidden one zeros.
+    Returns the state [N, K] and which atoms are revealed [N] (all of them at t = 1)."""
+    drawn = torch.rand(len(t), generator=generator).to(t.device)
+    revealed = drawn < t
+    return onehot * revealed[:, None].to(onehot.dtype), revealed
+
+
+def reveal_probability(t: float, dt: float) -> float:
+    """P(a hidden atom is revealed in [t, t + dt]) given hidden at t, when P(revealed by t)
+    = t: dt / (1 - t); 1 on the last step."""
+    return 1.0 if t + dt >= 1.0 - 1e-9 else dt / (1.0 - t)
 
 
 def remove_mean(v: Tensor, crystal_idx: Tensor, num_crystals: int) -> Tensor:

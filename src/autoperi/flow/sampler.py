@@ -17,7 +17,7 @@ from torch import Tensor
 
 from autoperi.data.crystal import CrystalBatch
 from autoperi.flow.model import FlowModel
-from autoperi.flow.paths import y_to_lattice
+from autoperi.flow.paths import TYPE_PATHS, reveal_probability, y_to_lattice
 from autoperi.geometry.torus import wrap
 
 
@@ -55,7 +55,8 @@ def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str
     from the model's predicted clean types (`decode_types`, honouring
     `request.composition_check`) and held fixed; the remaining steps move only the geometry,
     as in CSP, so positions and lattice settle around the final types. None: types flow
-    until t = 1 and are read off by argmax.
+    until t = 1 and are read off by argmax (gaussian type path) or are revealed one atom at
+    a time, each drawn from the model's predicted clean types (masked type path).
     jump_at < 1: the `steps` steps cover [0, jump_at], then one Euler step jumps to t = 1
     (the model's clean prediction from jump_at).
     """
@@ -71,6 +72,10 @@ def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str
     num_atoms = request.num_atoms.to(device)
     b, n, k = len(num_atoms), int(num_atoms.sum()), len(stats.vocab)
     csp = request.atomic_numbers is not None
+    if model.config.type_path not in TYPE_PATHS:
+        raise ValueError(f"model.type_path must be one of {TYPE_PATHS}, got "
+                         f"{model.config.type_path!r}")
+    masked = not csp and model.config.type_path == "masked"
 
     def randn(*shape):
         return torch.randn(*shape, generator=generator).to(device)
@@ -79,8 +84,8 @@ def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str
         numbers = request.atomic_numbers.to(device)
         type_state = F.one_hot(stats.type_index(numbers), k).float()
         y0 = stats.lattice_prior.sample(num_atoms.cpu(), numbers.cpu(), generator)
-    else:
-        type_state = randn(n, k)
+    else:  # masked: every atom hidden (zeros)
+        type_state = torch.zeros(n, k, device=device) if masked else randn(n, k)
         y0 = stats.lattice_prior.sample(num_atoms.cpu(), None, generator)
     state = FlowState(type_state, torch.rand(n, 3, generator=generator).to(device), y0.to(device))
     t_type_fixed = torch.ones(b, device=device)
@@ -105,7 +110,7 @@ def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str
         v_frac, v_lat, logits = parts
         if penalty is not None:
             logits = logits + penalty
-        if fixed_types:
+        if fixed_types or masked:  # masked types change by reveals, not by a velocity
             v_type = torch.zeros_like(s.type_state)
         else:
             clean = torch.softmax(logits, dim=-1)
@@ -125,7 +130,10 @@ def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str
         t, dt = grid[k_step], grid[k_step + 1] - grid[k_step]
         v, logits = velocity(state, t)
         if not fixed_types and commit_time is not None and t >= commit_time - 1e-9:
-            types = decode_types(torch.log_softmax(logits, -1).cpu(), num_atoms.cpu(), vocab,
+            log_probs = torch.log_softmax(logits, -1)
+            if masked:  # revealed atoms keep their element unless the check needs a change
+                log_probs = log_probs.masked_fill(state.type_state > 0, 0.0)
+            types = decode_types(log_probs.cpu(), num_atoms.cpu(), vocab,
                                  request.composition_check)
             state = FlowState(F.one_hot(types, k).float().to(device), state.frac_coords, state.y)
             fixed_types = True
@@ -137,10 +145,30 @@ def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str
                             zip((v.type_state, v.frac_coords, v.y),
                                 (v2.type_state, v2.frac_coords, v2.y))))
         state = step(state, v, dt)
+        if masked and not fixed_types:
+            state = FlowState(_reveal(state.type_state, logits, reveal_probability(t, dt),
+                                      generator), state.frac_coords, state.y)
         if trajectory:
-            states.append(_to_batch(model, state, num_atoms, request, penalty))
+            states.append(_to_batch(model, state, num_atoms, request, penalty, logits))
     final = _to_batch(model, state, num_atoms, request, penalty)
     return final, states
+
+
+def _hidden(state: FlowState) -> Tensor:
+    """Atoms of a masked type path not yet revealed (zero rows), [N] bool."""
+    return state.type_state.abs().sum(-1) == 0
+
+
+def _reveal(type_state: Tensor, logits: Tensor, probability: float,
+            generator: torch.Generator | None) -> Tensor:
+    """Reveal each hidden atom with `probability`, as an element drawn from softmax(logits)
+    (forbidden elements have logit -inf); revealed atoms keep theirs."""
+    hidden = type_state.abs().sum(-1) == 0
+    drawn = torch.rand(len(hidden), generator=generator).to(hidden.device) < probability
+    probs = torch.softmax(logits.float(), -1).cpu()
+    pick = torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(hidden.device)
+    new = F.one_hot(pick, type_state.shape[1]).to(type_state.dtype)
+    return torch.where((hidden & drawn)[:, None], new, type_state)
 
 
 def decode_types(log_probs: Tensor, num_atoms: Tensor, vocab: Tensor,
@@ -198,11 +226,16 @@ def _best_valid(scores, choices, vocab, check, budget):
 
 
 def _to_batch(model: FlowModel, state: FlowState, num_atoms: Tensor, request: Request,
-              penalty: Tensor | None) -> CrystalBatch:
+              penalty: Tensor | None, logits: Tensor | None = None) -> CrystalBatch:
+    """The state as crystals; atoms still hidden (masked path, trajectory frames) show the
+    element the model currently predicts for them (`logits`)."""
     if request.atomic_numbers is not None:
         numbers = request.atomic_numbers.to(num_atoms.device)
     else:
-        scores = state.type_state if penalty is None else state.type_state + penalty
+        scores = state.type_state
+        if logits is not None:
+            scores = torch.where(_hidden(state)[:, None], logits, scores)
+        scores = scores if penalty is None else scores + penalty
         numbers = torch.tensor(model.stats.vocab, device=num_atoms.device)[scores.argmax(-1)]
     return CrystalBatch(numbers, state.frac_coords.clone(), y_to_lattice(state.y.double()).float(),
                         num_atoms)
