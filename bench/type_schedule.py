@@ -1,7 +1,8 @@
 """When to decide the atom types in de novo sampling: validity per type schedule, with the
 compositions that fail SMACT (why a crystal is compositionally invalid).
 
-Arms: "free" (types flow to t = 1, read off by argmax) and "T" (types committed at t = T
+Arms: "free" (types flow to t = 1: read off by argmax on the gaussian type path, revealed
+one by one on the masked one) and "T" (types committed at t = T
 to the argmax of the model's predicted clean types, no composition check; geometry flows
 on). Charge-neutral decoding is not an arm: it uses the metric as a constraint.
 

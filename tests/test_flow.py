@@ -206,6 +206,38 @@ def test_masked_sampling_draws_later_atoms_given_the_earlier_ones():
     assert single_element_share(400) > 0.9
 
 
+class ChangeOfMind(nn.Module):
+    """Masked types: before t = 0.5 the second vocabulary element, from then on the first,
+    each with certainty (logit 30)."""
+
+    def __init__(self, stats: DataStats):
+        super().__init__()
+        self.stats, self.config = stats, ModelConfig(type_path="masked")
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, type_state, frac, y, num_atoms, t, t_types, values=None, mask=None):
+        crystal_idx = torch.repeat_interleave(torch.arange(len(num_atoms)), num_atoms)
+        late = t[crystal_idx] >= 0.5
+        logits = torch.zeros_like(type_state)
+        logits[:, 0] = torch.where(late, 30.0, 0.0)
+        logits[:, 1] = torch.where(late, 0.0, 30.0)
+        return FlowOutput(torch.zeros_like(frac), torch.zeros_like(y), logits,
+                          torch.zeros(len(num_atoms), 0))
+
+
+def test_committing_masked_types_keeps_the_revealed_atoms():
+    target = CrystalBatch.from_structures([canonical_crystals()["perovskite_SrTiO3"]] * 20)
+    stats = stats_for(target)
+    first, second = stats.vocab[:2]
+    out, _ = sample_flow(ChangeOfMind(stats), Request(target.num_atoms), 10, "euler",
+                         generator=torch.Generator().manual_seed(0), commit_at=0.5)
+    numbers = out.atomic_numbers.tolist()
+    # atoms revealed before t = 0.5 (about half) stay the second element; the rest, decided
+    # at the commit, are the first
+    assert set(numbers) == {first, second}
+    assert 0.3 < numbers.count(second) / len(numbers) < 0.7
+
+
 def test_masked_type_path_reveals_at_rate_t():
     onehot = torch.nn.functional.one_hot(torch.arange(20000) % 4, 4).float()
     g = torch.Generator().manual_seed(0)

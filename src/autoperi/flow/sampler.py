@@ -132,12 +132,18 @@ def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str
         if not fixed_types and commit_time is not None and t >= commit_time - 1e-9:
             log_probs = torch.log_softmax(logits, -1)
             if masked:  # revealed atoms keep their element unless the check needs a change
-                log_probs = log_probs.masked_fill(state.type_state > 0, 0.0)
+                log_probs = torch.where(~_hidden(state)[:, None],
+                                        torch.where(state.type_state > 0, 0.0,
+                                                    log_probs - REVEALED_CHANGE_COST),
+                                        log_probs)
             types = decode_types(log_probs.cpu(), num_atoms.cpu(), vocab,
                                  request.composition_check)
             state = FlowState(F.one_hot(types, k).float().to(device), state.frac_coords, state.y)
             fixed_types = True
             v, _ = velocity(state, t)  # geometry velocity at the committed types
+        if masked and not fixed_types:  # reveals at t, before the step's second evaluation
+            state = FlowState(_reveal(state.type_state, logits, reveal_probability(t, dt),
+                                      generator), state.frac_coords, state.y)
         if method == "heun" and k_step < len(grid) - 2:
             guess = step(state, v, dt)
             v2, _ = velocity(guess, t + dt)
@@ -145,13 +151,16 @@ def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str
                             zip((v.type_state, v.frac_coords, v.y),
                                 (v2.type_state, v2.frac_coords, v2.y))))
         state = step(state, v, dt)
-        if masked and not fixed_types:
-            state = FlowState(_reveal(state.type_state, logits, reveal_probability(t, dt),
-                                      generator), state.frac_coords, state.y)
         if trajectory:
             states.append(_to_batch(model, state, num_atoms, request, penalty, logits))
     final = _to_batch(model, state, num_atoms, request, penalty)
     return final, states
+
+
+# log-probability cost of changing an already revealed atom when decoding under a
+# composition check: such atoms change only if no choice for the hidden ones passes (the
+# model's logits for revealed atoms are not trained, so they only order the alternatives)
+REVEALED_CHANGE_COST = 1e3
 
 
 def _hidden(state: FlowState) -> Tensor:
