@@ -28,18 +28,8 @@ from autoperi.eval.validity import compositional_validity, structural_validity  
 from autoperi.generate import sample  # noqa: E402
 
 
-def failing_formulas(structures, top: int = 10) -> list[tuple[str, int]]:
-    """Most frequent reduced formulas among the SMACT-invalid structures."""
-    valid = compositional_validity([s.composition for s in structures])
-    counts = collections.Counter(s.composition.reduced_formula
-                                 for s, ok in zip(structures, valid) if not ok)
-    return counts.most_common(top)
-
-
-def overlapping_formulas(structures, top: int = 10) -> list[tuple[str, int]]:
-    """Most frequent reduced formulas among the structurally invalid structures (an atom
-    pair closer than 0.5 Å or a cell below 0.1 Å^3)."""
-    valid = structural_validity(structures)
+def invalid_formulas(structures, valid, top: int = 10) -> list[tuple[str, int]]:
+    """Most frequent reduced formulas among the structures where `valid` is False."""
     counts = collections.Counter(s.composition.reduced_formula
                                  for s, ok in zip(structures, valid) if not ok)
     return counts.most_common(top)
@@ -63,8 +53,10 @@ def main() -> None:
         made = sample(model, args.num, steps=args.steps, seed=args.seed, progress=False,
                       commit_at=commit_at)
         row = {"arm": arm, "seconds": time.perf_counter() - start, **denovo_quality(made),
-               "failing_formulas": failing_formulas(made),
-               "overlapping_formulas": overlapping_formulas(made)}
+               # SMACT failures, and crystals with atoms < 0.5 Å apart or cells < 0.1 Å^3
+               "failing_formulas": invalid_formulas(
+                   made, compositional_validity([s.composition for s in made])),
+               "overlapping_formulas": invalid_formulas(made, structural_validity(made))}
         rows.append(row)
         print(json.dumps(row), flush=True)
     result = {"model": args.model, "steps": args.steps, "num": args.num, "seed": args.seed,

@@ -93,7 +93,8 @@ class TrainConfig:
     oversample_factor: int = 1
     # a model folder or shipped model name whose weights start this run (fine-tuning on a
     # machine without the original checkpoint); optimizer, EMA and schedule start fresh.
-    # The model section must match the one the weights were trained with.
+    # Architecture and vocabulary must match the weights; model.type_path may differ (a
+    # gaussian-type model fine-tunes into a masked one: hidden atoms are zero vectors).
     init_from: str = ""
 
 

@@ -16,7 +16,6 @@ from autoperi.data.crystal import CrystalBatch
 from autoperi.flow.coupling import coupled_targets
 from autoperi.flow.model import FlowModel
 from autoperi.flow.paths import (
-    TYPE_PATHS,
     lattice_to_y,
     linear_path,
     masked_type_path,
@@ -136,9 +135,7 @@ def training_losses(model: FlowModel, batch: CrystalBatch, flow: FlowConfig,
     """All loss terms for one batch of clean crystals; key "loss" is the weighted total.
     symmetry: (ops [M, 3, 4], counts [B]) of the batch's crystals, for lambda_symmetry."""
     inner = getattr(model, "module", model)  # through a DDP wrapper
-    stats, type_path = inner.stats, inner.config.type_path
-    if type_path not in TYPE_PATHS:
-        raise ValueError(f"model.type_path must be one of {TYPE_PATHS}, got {type_path!r}")
+    stats, type_path = inner.stats, inner.config.type_path  # type_path checked by FlowModel
     device = batch.frac_coords.device
     b, n = batch.num_crystals, batch.frac_coords.shape[0]
     crystal_idx = batch.crystal_idx

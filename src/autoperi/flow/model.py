@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from autoperi.config import ModelConfig
 from autoperi.data.features import PropertyScaler, element_features
-from autoperi.flow.paths import y_to_lattice
+from autoperi.flow.paths import TYPE_PATHS, y_to_lattice
 from autoperi.flow.priors import AtomCountPrior, LatticePrior
 from autoperi.nn.embeddings import PropertyEmbedding, TimeEmbedding, mlp
 from autoperi.nn.encoder import PeriodicEncoder
@@ -75,6 +75,9 @@ class FlowModel(nn.Module):
 
     def __init__(self, config: ModelConfig, stats: DataStats):
         super().__init__()
+        if config.type_path not in TYPE_PATHS:
+            raise ValueError(f"model.type_path must be one of {TYPE_PATHS}, got "
+                             f"{config.type_path!r}")
         self.config, self.stats = config, stats
         k, h = len(stats.vocab), config.hidden_dim
         table = None

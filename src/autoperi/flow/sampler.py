@@ -17,7 +17,7 @@ from torch import Tensor
 
 from autoperi.data.crystal import CrystalBatch
 from autoperi.flow.model import FlowModel
-from autoperi.flow.paths import TYPE_PATHS, reveal_probability, y_to_lattice
+from autoperi.flow.paths import reveal_probability, y_to_lattice
 from autoperi.geometry.torus import wrap
 
 
@@ -72,9 +72,6 @@ def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str
     num_atoms = request.num_atoms.to(device)
     b, n, k = len(num_atoms), int(num_atoms.sum()), len(stats.vocab)
     csp = request.atomic_numbers is not None
-    if model.config.type_path not in TYPE_PATHS:
-        raise ValueError(f"model.type_path must be one of {TYPE_PATHS}, got "
-                         f"{model.config.type_path!r}")
     masked = not csp and model.config.type_path == "masked"
 
     def randn(*shape):
@@ -132,7 +129,7 @@ def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str
         if not fixed_types and commit_time is not None and t >= commit_time - 1e-9:
             log_probs = torch.log_softmax(logits, -1)
             if masked:  # revealed atoms keep their element unless the check needs a change
-                log_probs = torch.where(~_hidden(state)[:, None],
+                log_probs = torch.where(~_hidden(state.type_state)[:, None],
                                         torch.where(state.type_state > 0, 0.0,
                                                     log_probs - REVEALED_CHANGE_COST),
                                         log_probs)
@@ -163,16 +160,16 @@ def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str
 REVEALED_CHANGE_COST = 1e3
 
 
-def _hidden(state: FlowState) -> Tensor:
+def _hidden(type_state: Tensor) -> Tensor:
     """Atoms of a masked type path not yet revealed (zero rows), [N] bool."""
-    return state.type_state.abs().sum(-1) == 0
+    return type_state.abs().sum(-1) == 0
 
 
 def _reveal(type_state: Tensor, logits: Tensor, probability: float,
             generator: torch.Generator | None) -> Tensor:
     """Reveal each hidden atom with `probability`, as an element drawn from softmax(logits)
     (forbidden elements have logit -inf); revealed atoms keep theirs."""
-    hidden = type_state.abs().sum(-1) == 0
+    hidden = _hidden(type_state)
     drawn = torch.rand(len(hidden), generator=generator).to(hidden.device) < probability
     probs = torch.softmax(logits.float(), -1).cpu()
     pick = torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(hidden.device)
@@ -243,7 +240,7 @@ def _to_batch(model: FlowModel, state: FlowState, num_atoms: Tensor, request: Re
     else:
         scores = state.type_state
         if logits is not None:
-            scores = torch.where(_hidden(state)[:, None], logits, scores)
+            scores = torch.where(_hidden(state.type_state)[:, None], logits, scores)
         scores = scores if penalty is None else scores + penalty
         numbers = torch.tensor(model.stats.vocab, device=num_atoms.device)[scores.argmax(-1)]
     return CrystalBatch(numbers, state.frac_coords.clone(), y_to_lattice(state.y.double()).float(),
