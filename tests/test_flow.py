@@ -476,6 +476,46 @@ def test_offpath_states_displace_late_crystals_by_sigma_angstrom():
     assert float(step.abs().max()) > 1e-3  # (and it did move)
 
 
+def test_collision_moves_carry_one_atom_most_of_the_way_to_another():
+    from autoperi.flow.losses import collision_moves, offpath_states
+
+    batch = random_batch(num_crystals=200, max_atoms=6, seed=5, dtype=torch.float32)
+    x, idx, counts = batch.frac_coords, batch.crystal_idx, batch.num_atoms
+    chosen = torch.arange(200) % 2 == 0
+    moves = collision_moves(x, idx, chosen, torch.Generator().manual_seed(1))
+    moved_atoms = (moves != 0).any(1)
+    per_crystal = torch.zeros(200, dtype=torch.long).index_add(0, idx, moved_atoms.long())
+    assert torch.equal(per_crystal, (chosen & (counts > 1)).long())  # one atom, chosen only
+    for i in torch.nonzero(moved_atoms).flatten().tolist():
+        others = torch.nonzero((idx == idx[i]) & (torch.arange(len(x)) != i)).flatten()
+        before = shortest_displacement(x[others] - x[i]).norm(dim=1)
+        after = shortest_displacement(x[others] - x[i] - moves[i]).norm(dim=1)
+        # a partner j: the move is 60-100 % of the way to it, so its distance is 0-40 % of
+        # what it was
+        d = shortest_displacement(x[others] - x[i])
+        share = (d @ moves[i]) / (d * d).sum(1)
+        parallel = (moves[i] - share[:, None] * d).norm(dim=1) < 1e-5
+        partner = parallel & (share >= 0.6 - 1e-5) & (share <= 1 + 1e-5)
+        assert bool(partner.any())
+        assert bool((after[partner] <= 0.4 * before[partner] + 1e-5).all())
+    # inside offpath_states (sigma 0): with pairs=1 every displaced crystal of two atoms or
+    # more gets a collision, with pairs=0 the states are the unmoved ones
+    t = torch.ones(200)
+    same, chosen0 = offpath_states(x, batch.lattice, idx, t, 0.0,
+                                   torch.Generator().manual_seed(0), share=1.0)
+    assert bool(chosen0.all())
+    assert torch.allclose(shortest_displacement(same - x), torch.zeros_like(x), atol=1e-6)
+    paired, _ = offpath_states(x, batch.lattice, idx, t, 0.0, torch.Generator().manual_seed(0),
+                               share=1.0, pairs=1.0)
+    step = shortest_displacement(paired - x)
+    mean = torch.zeros(200, 3).index_add(0, idx, step)
+    assert torch.allclose(mean, torch.zeros_like(mean), atol=1e-5)  # the gauge stays fixed
+    moved = torch.zeros(200).index_add(0, idx, step.norm(dim=1))
+    assert bool((moved[counts > 1] > 1e-4).all()) and bool((moved[counts == 1] < 1e-6).all())
+    with pytest.raises(ValueError, match="offpath_pairs"):
+        offpath_states(x, batch.lattice, idx, t, 0.5, torch.Generator(), pairs=1.5)
+
+
 def _offpath_setup():
     """Eight copies of the canonical crystals, a tiny model, a fresh generator per call."""
     batch = CrystalBatch.from_structures(list(canonical_crystals().values()) * 8)

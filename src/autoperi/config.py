@@ -65,11 +65,13 @@ class FlowConfig:
     # crystals get their atoms displaced by offpath_sigma Å (Gaussian, mean-free); for them
     # the coordinate velocity loss is replaced by a type-aware periodic Chamfer of the
     # predicted clean crystal, weighted lambda_offpath (flow/losses.py): the model learns to
-    # return strayed atoms
+    # return strayed atoms; in a share offpath_pairs of those crystals one atom is also
+    # carried 60-100 % of the way to another (two atoms heading for one site)
     lambda_offpath: float = 0.0
     offpath_sigma: float = 0.5
     offpath_share: float = 0.25
     offpath_after: float = 0.7
+    offpath_pairs: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -108,25 +108,48 @@ def stability_loss(model: FlowModel, frac: Tensor, y: Tensor, type_probs: Tensor
 
 def offpath_states(xt: Tensor, lattice: Tensor, crystal_idx: Tensor, t: Tensor, sigma: float,
                    generator: torch.Generator, share: float = 0.25,
-                   after: float = 0.7) -> tuple[Tensor, Tensor]:
+                   after: float = 0.7, pairs: float = 0.0) -> tuple[Tensor, Tensor]:
     """Displace the atoms of a random `share` of the crystals with t >= `after` by
     isotropic Gaussian noise of sigma Å (per Cartesian component), less its per-crystal
     mean: a common translation is a gauge the model's velocity cannot express (its mean is
     removed), so it would only add a floor to the Chamfer loss. Returns the new fractional
     coordinates [N, 3] and which crystals were displaced [B]. Sampling leaves the training
     paths (errors accumulate), and atoms that stray late can end on one site; these states
-    show the model such strays."""
-    if not 0.0 <= share <= 1.0 or sigma < 0:
-        raise ValueError(f"flow.offpath_share must be in [0, 1] and offpath_sigma >= 0, got "
-                         f"{share} and {sigma}")
+    show the model such strays. A share `pairs` of the displaced crystals also has one atom
+    carried most of the way to another (`collision_moves`): two atoms heading for one site,
+    the state a late collapse passes through."""
+    if not 0.0 <= share <= 1.0 or sigma < 0 or not 0.0 <= pairs <= 1.0:
+        raise ValueError(f"flow.offpath_share and offpath_pairs must be in [0, 1] and "
+                         f"offpath_sigma >= 0, got {share}, {pairs} and {sigma}")
     b = len(t)
     drawn = torch.rand(b, generator=generator).to(t.device)
     chosen = (drawn < share) & (t >= after)
     cart = sigma * torch.randn(xt.shape, generator=generator).to(xt.device)
     delta = torch.linalg.solve(lattice[crystal_idx].transpose(1, 2).to(xt.dtype),
                                cart.to(xt.dtype))  # frac = cart @ L^-1 (rows are vectors)
+    if pairs > 0:  # (no extra draws otherwise: runs without pairs keep their random stream)
+        collide = chosen & (torch.rand(b, generator=generator).to(t.device) < pairs)
+        delta = delta + collision_moves(xt, crystal_idx, collide, generator)
     delta = remove_mean(delta, crystal_idx, b)
     return torch.where(chosen[crystal_idx, None], wrap(xt + delta), xt), chosen
+
+
+def collision_moves(xt: Tensor, crystal_idx: Tensor, chosen: Tensor,
+                    generator: torch.Generator) -> Tensor:
+    """Fractional moves [N, 3] that carry one random atom of each chosen crystal (of two
+    atoms or more) 60-100 % of the shortest way to another random atom of it; zero
+    elsewhere."""
+    b = len(chosen)
+    counts = torch.bincount(crystal_idx, minlength=b)
+    start = torch.cumsum(counts, 0) - counts
+    r = torch.rand(b, 3, generator=generator).to(xt.device)
+    first = (r[:, 0] * counts).long().clamp_max(counts - 1)
+    other = (first + 1 + (r[:, 1] * (counts - 1)).long()) % counts.clamp_min(1)  # != first
+    pick = chosen & (counts > 1)
+    i, j = (start + first)[pick], (start + other)[pick]
+    moves = torch.zeros_like(xt)
+    moves[i] = (0.6 + 0.4 * r[pick, 2, None]).to(xt.dtype) * shortest_displacement(xt[j] - xt[i])
+    return moves
 
 
 def training_losses(model: FlowModel, batch: CrystalBatch, flow: FlowConfig,
@@ -171,7 +194,7 @@ def training_losses(model: FlowModel, batch: CrystalBatch, flow: FlowConfig,
     if flow.lambda_offpath > 0:
         xt, strayed = offpath_states(xt, batch.lattice.float(), crystal_idx, t,
                                      flow.offpath_sigma, generator, flow.offpath_share,
-                                     flow.offpath_after)
+                                     flow.offpath_after, flow.offpath_pairs)
     if type_path == "gaussian":
         type_t, _ = linear_path(noise, onehot, t_types[crystal_idx])
         revealed = torch.zeros(n, dtype=torch.bool, device=device)
