@@ -22,7 +22,7 @@ from autoperi.flow.paths import (
     y_to_lattice,
 )
 from autoperi.flow.priors import AtomCountPrior, LatticePrior
-from autoperi.flow.sampler import Request, decode_types, sample_flow
+from autoperi.flow.sampler import Request, _hidden, decode_types, sample_flow
 from autoperi.geometry.lattice import lattice_to_params
 from autoperi.geometry.torus import shortest_displacement
 from autoperi.testing import canonical_crystals, random_batch
@@ -155,14 +155,17 @@ def test_sampler_reaches_the_target_of_an_exact_field(method, steps, jump):
     assert spread.abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("method,jump", [("euler", 1.0), ("heun", 0.6)])
-def test_masked_types_reach_the_target_of_an_exact_field(method, jump):
+@pytest.mark.parametrize("method,jump,noise", [("euler", 1.0, 0.0), ("heun", 0.6, 0.0),
+                                               ("heun", 1.0, 0.3)])
+def test_masked_types_reach_the_target_of_an_exact_field(method, jump, noise):
     crystals = canonical_crystals()
     target = CrystalBatch.from_structures([crystals["perovskite_SrTiO3"],
                                            crystals["rocksalt_NaCl"]])
     stats = stats_for(target)
-    out, path = sample_flow(ExactField(target, stats, "masked"), Request(target.num_atoms), 6,
-                            method, generator=torch.Generator().manual_seed(0), trajectory=True,
+    field = ExactField(target, stats, "masked")
+    field.config = ModelConfig(type_path="masked", hidden_noise=noise)
+    out, path = sample_flow(field, Request(target.num_atoms), 6, method,
+                            generator=torch.Generator().manual_seed(0), trajectory=True,
                             jump_at=jump)
     assert torch.equal(out.atomic_numbers, target.atomic_numbers)  # every atom revealed
     assert all(torch.equal(p.atomic_numbers, target.atomic_numbers) for p in path)
@@ -246,6 +249,11 @@ def test_masked_type_path_reveals_at_rate_t():
         assert abs(revealed.float().mean() - t) < 0.01
         assert torch.equal(state[revealed], onehot[revealed])
         assert bool((state[~revealed] == 0).all())
+    # with noise, hidden atoms show it (scale 0.2, never an exact one-hot); revealed ones not
+    state, revealed = masked_type_path(onehot, torch.full((20000,), 0.3), g, noise=0.2)
+    assert torch.equal(state[revealed], onehot[revealed])
+    assert abs(float(state[~revealed].std()) - 0.2) < 0.005
+    assert torch.equal(_hidden(state), ~revealed)
     # Sampling reveals with dt / (1 - t) per step: P(still hidden at t_k) = 1 - t_k exactly.
     grid = [k / 7 for k in range(8)]
     hidden = 1.0
@@ -339,13 +347,18 @@ def test_training_losses_are_finite_and_switchable():
     with pytest.raises(ValueError, match="type_path"):
         training_losses(FlowModel(ModelConfig(hidden_dim=16, num_layers=1, type_path="x"),
                                   stats), batch, FlowConfig(), 0.5, g())
+    for bad in (ModelConfig(hidden_noise=0.1), ModelConfig(type_path="masked", hidden_noise=-1)):
+        with pytest.raises(ValueError, match="hidden_noise"):
+            FlowModel(bad, stats)
 
 
-def test_masked_type_loss_scores_hidden_atoms_only():
+@pytest.mark.parametrize("noise", [0.0, 0.3])
+def test_masked_type_loss_scores_hidden_atoms_only(noise):
     batch = CrystalBatch.from_structures(list(canonical_crystals().values()))
     stats = stats_for(batch)
     torch.manual_seed(0)
-    model = FlowModel(ModelConfig(hidden_dim=16, num_layers=1, type_path="masked"), stats)
+    model = FlowModel(ModelConfig(hidden_dim=16, num_layers=1, type_path="masked",
+                                  hidden_noise=noise), stats)
     seen = {}
 
     def spy(module, args, output):
@@ -355,9 +368,12 @@ def test_masked_type_loss_scores_hidden_atoms_only():
                             lambda_property=0)
     losses = training_losses(model, batch, only_types, 0.0, torch.Generator().manual_seed(2))
     state = seen["state"]
-    hidden = state.sum(-1) == 0
+    hidden = _hidden(state)
     assert bool(hidden.any()) and bool((~hidden).any())  # a mix at random times
-    assert bool(((state == 0) | (state == 1)).all())  # one-hot rows or zeros, no noise
+    if noise == 0:
+        assert bool((state[hidden] == 0).all())  # zeros
+    else:  # the model sees the noise of hidden atoms
+        assert 0.2 < float(state[hidden].std()) < 0.4
     targets = stats.type_index(batch.atomic_numbers)
     assert torch.equal(state[~hidden].argmax(-1), targets[~hidden])  # revealed = true types
     expected = torch.nn.functional.cross_entropy(seen["logits"][hidden], targets[hidden])

@@ -45,6 +45,9 @@ class ModelConfig:
     # sampled element, at a random time (P(revealed by t) = t), so later atoms are drawn
     # knowing the earlier ones (flow/paths.py)
     type_path: str = "gaussian"
+    # masked path: hidden atoms show Gaussian noise of this scale (drawn once per atom)
+    # instead of zeros, so that two hidden atoms close together can be told apart (0: zeros)
+    hidden_noise: float = 0.0
 
 
 @dataclass(frozen=True)

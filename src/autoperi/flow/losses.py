@@ -199,7 +199,8 @@ def training_losses(model: FlowModel, batch: CrystalBatch, flow: FlowConfig,
         type_t, _ = linear_path(noise, onehot, t_types[crystal_idx])
         revealed = torch.zeros(n, dtype=torch.bool, device=device)
     else:  # masked: only hidden atoms have anything to predict
-        type_t, revealed = masked_type_path(onehot, t_types[crystal_idx], generator)
+        type_t, revealed = masked_type_path(onehot, t_types[crystal_idx], generator,
+                                            inner.config.hidden_noise)
 
     # Conditions: known values, hidden per crystal (all at once) or per property.
     names = stats.conditions

@@ -45,14 +45,18 @@ def linear_path(x0: Tensor, x1: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
 TYPE_PATHS = ("gaussian", "masked")
 
 
-def masked_type_path(onehot: Tensor, t: Tensor, generator: torch.Generator | None = None
-                     ) -> tuple[Tensor, Tensor]:
+def masked_type_path(onehot: Tensor, t: Tensor, generator: torch.Generator | None = None,
+                     noise: float = 0.0) -> tuple[Tensor, Tensor]:
     """State of a masked type path at per-atom times t [N]: each atom is revealed with
-    probability t (independently), a revealed atom shows its one-hot row, a hidden one zeros.
-    Returns the state [N, K] and which atoms are revealed [N] (all of them at t = 1)."""
+    probability t (independently), a revealed atom shows its one-hot row, a hidden one zeros
+    (or Gaussian noise of scale `noise`, never an exact one-hot row). Returns the state
+    [N, K] and which atoms are revealed [N] (all of them at t = 1)."""
     drawn = torch.rand(len(t), generator=generator).to(t.device)
     revealed = drawn < t
-    return onehot * revealed[:, None].to(onehot.dtype), revealed
+    hidden = torch.zeros_like(onehot)
+    if noise > 0:
+        hidden = noise * torch.randn(onehot.shape, generator=generator).to(onehot)
+    return torch.where(revealed[:, None], onehot, hidden), revealed
 
 
 def reveal_probability(t: float, dt: float) -> float:

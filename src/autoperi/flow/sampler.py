@@ -81,8 +81,9 @@ def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str
         numbers = request.atomic_numbers.to(device)
         type_state = F.one_hot(stats.type_index(numbers), k).float()
         y0 = stats.lattice_prior.sample(num_atoms.cpu(), numbers.cpu(), generator)
-    else:  # masked: every atom hidden (zeros)
-        type_state = torch.zeros(n, k, device=device) if masked else randn(n, k)
+    else:  # masked: every atom hidden, as zeros or as noise that tells close atoms apart
+        noise = model.config.hidden_noise if masked else 1.0
+        type_state = noise * randn(n, k) if noise > 0 else torch.zeros(n, k, device=device)
         y0 = stats.lattice_prior.sample(num_atoms.cpu(), None, generator)
     state = FlowState(type_state, torch.rand(n, 3, generator=generator).to(device), y0.to(device))
     t_type_fixed = torch.ones(b, device=device)
@@ -161,8 +162,10 @@ REVEALED_CHANGE_COST = 1e3
 
 
 def _hidden(type_state: Tensor) -> Tensor:
-    """Atoms of a masked type path not yet revealed (zero rows), [N] bool."""
-    return type_state.abs().sum(-1) == 0
+    """Atoms of a masked type path not yet revealed (rows that are not exact one-hots:
+    zeros or noise), [N] bool."""
+    ones, zeros = (type_state == 1).sum(-1), (type_state == 0).sum(-1)
+    return ~((ones == 1) & (zeros == type_state.shape[1] - 1))
 
 
 def _reveal(type_state: Tensor, logits: Tensor, probability: float,
