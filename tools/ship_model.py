@@ -34,9 +34,15 @@ def main() -> None:
     first, final = val[0], val[-1]
     losses = ", ".join(f"{k.removeprefix('train_')} {float(v):.4f}" for k, v in last.items()
                        if k.startswith("train_") and v)
+    init_from = next((line.split(":", 1)[1].strip() for line in
+                      (target / "config.yaml").read_text().splitlines()
+                      if line.strip().startswith("init_from:")), "")
+    fine_tune = (f"\n- `config.yaml` records `train.init_from: {init_from}`: training from it "
+                 f"again fine-tunes those weights; add `--train.init_from=` to start from "
+                 f"scratch" if init_from else "")
     (target / "TRAINING.md").write_text(f"""# {args.name}: how this model was trained
 
-- Command: `{args.command}` (config: `config.yaml` here, a complete snapshot)
+- Command: `{args.command}` (config: `config.yaml` here, a complete snapshot){fine_tune}
 - Data: {info.get('dataset_summary', '?')}
 - Split: 80/10/10 stratified by space group, seed from `data.seed` in config.yaml; only the
   train split was used for training, val for the validation loss, test held out for benchmarks.
