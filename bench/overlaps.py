@@ -64,11 +64,10 @@ def main() -> None:
     for request in requests:
         _, states = sample_flow(model, request, args.steps, "heun", 1.0, generator,
                                 trajectory=True)
-        parts.append(np.stack([minimum_distances(s.to_structures()) for s in states]))
-        ranks += [pair_rank_at_start(first, last) for first, last in
-                  zip(states[0].to_structures(), states[-1].to_structures())
-                  if parts[-1][-1].min() < MIN_DISTANCE and minimum_distances([last])[0]
-                  < MIN_DISTANCE]
+        frames = [s.to_structures() for s in states]
+        parts.append(np.stack([minimum_distances(f) for f in frames]))
+        ranks += [pair_rank_at_start(first, last) for first, last, end in
+                  zip(frames[0], frames[-1], parts[-1][-1]) if end < MIN_DISTANCE]
     closest = np.concatenate(parts, axis=1)  # [T, B]
     bad = closest[-1] < MIN_DISTANCE
     rows = []

@@ -504,11 +504,10 @@ def test_collision_moves_carry_one_atom_most_of_the_way_to_another():
     assert torch.equal(per_crystal, (chosen & (counts > 1)).long())  # one atom, chosen only
     for i in torch.nonzero(moved_atoms).flatten().tolist():
         others = torch.nonzero((idx == idx[i]) & (torch.arange(len(x)) != i)).flatten()
-        before = shortest_displacement(x[others] - x[i]).norm(dim=1)
-        after = shortest_displacement(x[others] - x[i] - moves[i]).norm(dim=1)
+        d = shortest_displacement(x[others] - x[i])
+        before, after = d.norm(dim=1), shortest_displacement(d - moves[i]).norm(dim=1)
         # a partner j: the move is 60-100 % of the way to it, so its distance is 0-40 % of
         # what it was
-        d = shortest_displacement(x[others] - x[i])
         share = (d @ moves[i]) / (d * d).sum(1)
         parallel = (moves[i] - share[:, None] * d).norm(dim=1) < 1e-5
         partner = parallel & (share >= 0.6 - 1e-5) & (share <= 1 + 1e-5)

@@ -11,6 +11,8 @@ import json
 import shutil
 from pathlib import Path
 
+from autoperi.config import Config
+
 ROOT = Path(__file__).parents[1] / "src/autoperi/pretrained"
 
 
@@ -34,9 +36,7 @@ def main() -> None:
     first, final = val[0], val[-1]
     losses = ", ".join(f"{k.removeprefix('train_')} {float(v):.4f}" for k, v in last.items()
                        if k.startswith("train_") and v)
-    init_from = next((line.split(":", 1)[1].strip() for line in
-                      (target / "config.yaml").read_text().splitlines()
-                      if line.strip().startswith("init_from:")), "")
+    init_from = Config.load(target / "config.yaml").train.init_from
     fine_tune = (f"\n- `config.yaml` records `train.init_from: {init_from}`: training from it "
                  f"again fine-tunes those weights; add `--train.init_from=` to start from "
                  f"scratch" if init_from else "")

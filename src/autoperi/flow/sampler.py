@@ -81,9 +81,13 @@ def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str
         numbers = request.atomic_numbers.to(device)
         type_state = F.one_hot(stats.type_index(numbers), k).float()
         y0 = stats.lattice_prior.sample(num_atoms.cpu(), numbers.cpu(), generator)
-    else:  # masked: every atom hidden, as zeros or as noise that tells close atoms apart
-        noise = model.config.hidden_noise if masked else 1.0
-        type_state = noise * randn(n, k) if noise > 0 else torch.zeros(n, k, device=device)
+    else:
+        if not masked:
+            type_state = randn(n, k)
+        elif model.config.hidden_noise > 0:  # hidden atoms as noise that tells them apart
+            type_state = model.config.hidden_noise * randn(n, k)
+        else:  # hidden atoms as zeros (no draws: the random stream of older models stays)
+            type_state = torch.zeros(n, k, device=device)
         y0 = stats.lattice_prior.sample(num_atoms.cpu(), None, generator)
     state = FlowState(type_state, torch.rand(n, 3, generator=generator).to(device), y0.to(device))
     t_type_fixed = torch.ones(b, device=device)
