@@ -13,6 +13,7 @@ from autoperi.data.features import PropertyScaler
 from autoperi.flow.losses import masked_mae, periodic_chamfer, training_losses
 from autoperi.flow.model import DataStats, FlowModel, FlowOutput
 from autoperi.flow.paths import (
+    carried_types,
     lattice_to_y,
     linear_path,
     masked_type_path,
@@ -241,6 +242,95 @@ def test_committing_masked_types_keeps_the_revealed_atoms():
     assert 0.3 < numbers.count(second) / len(numbers) < 0.7
 
 
+class RecordingField(ExactField):
+    """The exact field, recording the type input and type time of every evaluation."""
+
+    def __init__(self, target, stats, type_path):
+        super().__init__(target, stats, type_path)
+        self.seen = []
+
+    def forward(self, type_state, frac, y, num_atoms, t, t_types, values=None, mask=None):
+        self.seen.append((type_state.clone(), t_types.clone()))
+        return super().forward(type_state, frac, y, num_atoms, t, t_types, values, mask)
+
+
+def test_carried_types_lie_on_the_gaussian_path():
+    g = torch.Generator().manual_seed(0)
+    onehot = torch.nn.functional.one_hot(torch.arange(6) % 3, 3).float()
+    noise = torch.randn(6, 3, generator=g)
+    t = torch.tensor([0.0, 0.2, 0.5, 0.7, 0.9, 1.0])
+    state, revealed = masked_type_path(onehot, t, g)
+    carried = carried_types(state, noise, t)
+    on_path, _ = linear_path(noise, onehot, t)
+    assert torch.allclose(carried[revealed], on_path[revealed])  # revealed: the gaussian path
+    hidden = ~revealed
+    assert torch.allclose(carried[hidden], (1 - t[hidden, None]) * noise[hidden])
+    assert torch.equal(carried[-1], onehot[-1])  # t = 1: the type itself
+    assert torch.equal(carried[0], noise[0])  # t = 0: the noise itself
+
+
+def test_masked_gaussian_sampling_carries_one_fixed_noise_per_atom():
+    crystals = canonical_crystals()
+    target = CrystalBatch.from_structures([crystals["perovskite_SrTiO3"],
+                                           crystals["rocksalt_NaCl"]])
+    stats = stats_for(target)
+    field = RecordingField(target, stats, "masked_gaussian")
+    out, _ = sample_flow(field, Request(target.num_atoms), 6, "heun",
+                         generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out.atomic_numbers, target.atomic_numbers)  # every atom revealed
+    onehot = torch.nn.functional.one_hot(stats.type_index(target.atomic_numbers),
+                                         len(stats.vocab)).float()
+    first, t0 = field.seen[0]
+    assert bool((t0 == 0).all())
+    noise = first  # at t = 0 the input is the noise itself
+    # the three O atoms of SrTiO3 see different inputs: the noise tells them apart
+    oxygen = (target.atomic_numbers == 8).nonzero().squeeze(-1)
+    assert torch.cdist(first[oxygen], first[oxygen]).triu(1).max() > 0.5
+    for state, t_types in field.seen[1:]:
+        t = t_types[target.crystal_idx][:, None]
+        hidden_like = (1 - t) * noise
+        revealed_like = t * onehot + (1 - t) * noise
+        each = torch.isclose(state, hidden_like, atol=1e-5).all(-1) | \
+            torch.isclose(state, revealed_like, atol=1e-5).all(-1)
+        assert bool(each.all())  # hidden or revealed, always with the same noise
+    # CSP sees the exact types, with no noise
+    field.seen.clear()
+    sample_flow(field, Request(target.num_atoms, target.atomic_numbers), 2, "euler",
+                generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(state, onehot) for state, _ in field.seen)
+
+
+def test_masked_gaussian_type_loss_scores_hidden_atoms_only(monkeypatch):
+    import autoperi.flow.losses as losses_module
+
+    batch = CrystalBatch.from_structures(list(canonical_crystals().values()))
+    stats = stats_for(batch)
+    torch.manual_seed(0)
+    model = FlowModel(ModelConfig(hidden_dim=16, num_layers=1, type_path="masked_gaussian"),
+                      stats)
+    seen = {}
+
+    def recording_carrier(state, noise, t):
+        seen["masked_state"], seen["noise"], seen["t"] = state, noise, t
+        return carried_types(state, noise, t)
+
+    def spy(module, args, output):
+        seen["input"], seen["logits"] = args[0], output.type_logits
+    monkeypatch.setattr(losses_module, "carried_types", recording_carrier)
+    model.register_forward_hook(spy)
+    only_types = FlowConfig(csp_fraction=0.0, lambda_frac=0, lambda_lattice=0, lambda_recon=0,
+                            lambda_property=0)
+    losses = training_losses(model, batch, only_types, 0.0, torch.Generator().manual_seed(2))
+    t = seen["t"][:, None]
+    assert torch.allclose(seen["input"], t * seen["masked_state"] + (1 - t) * seen["noise"])
+    hidden = _hidden(seen["masked_state"])
+    assert bool(hidden.any()) and bool((~hidden).any())
+    assert 0.5 < float(seen["noise"].std()) < 1.5  # the gaussian path's unit noise
+    targets = stats.type_index(batch.atomic_numbers)
+    expected = torch.nn.functional.cross_entropy(seen["logits"][hidden], targets[hidden])
+    assert torch.allclose(losses["types"], expected)
+
+
 def test_masked_type_path_reveals_at_rate_t():
     onehot = torch.nn.functional.one_hot(torch.arange(20000) % 4, 4).float()
     g = torch.Generator().manual_seed(0)
@@ -301,7 +391,7 @@ def test_decode_types_is_the_best_assignment_that_passes_the_check():
     assert torch.equal(never, log_probs.argmax(-1))
 
 
-@pytest.mark.parametrize("type_path", ["gaussian", "masked"])
+@pytest.mark.parametrize("type_path", ["gaussian", "masked", "masked_gaussian"])
 def test_committed_types_honour_the_check_and_the_geometry_still_arrives(type_path):
     crystals = canonical_crystals()
     target = CrystalBatch.from_structures([crystals["perovskite_SrTiO3"]])
@@ -347,7 +437,8 @@ def test_training_losses_are_finite_and_switchable():
     with pytest.raises(ValueError, match="type_path"):
         training_losses(FlowModel(ModelConfig(hidden_dim=16, num_layers=1, type_path="x"),
                                   stats), batch, FlowConfig(), 0.5, g())
-    for bad in (ModelConfig(hidden_noise=0.1), ModelConfig(type_path="masked", hidden_noise=-1)):
+    for bad in (ModelConfig(hidden_noise=0.1), ModelConfig(type_path="masked", hidden_noise=-1),
+                ModelConfig(type_path="masked_gaussian", hidden_noise=0.1)):
         with pytest.raises(ValueError, match="hidden_noise"):
             FlowModel(bad, stats)
 

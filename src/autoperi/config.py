@@ -43,7 +43,9 @@ class ModelConfig:
     # how atom types flow (de novo): "gaussian": straight lines from Gaussian noise to one-hot
     # vectors; "masked": every atom starts hidden (a zero vector) and is revealed, as its
     # sampled element, at a random time (P(revealed by t) = t), so later atoms are drawn
-    # knowing the earlier ones (flow/paths.py)
+    # knowing the earlier ones; "masked_gaussian": the masked reveals, but every atom's input
+    # also carries its own Gaussian noise, fading as (1 - t) like the gaussian path's, which
+    # tells atoms of one element apart (flow/paths.py)
     type_path: str = "gaussian"
     # masked path: hidden atoms show Gaussian noise of this scale (drawn once per atom)
     # instead of zeros, so that two hidden atoms close together can be told apart (0: zeros)

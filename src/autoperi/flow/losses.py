@@ -16,6 +16,7 @@ from autoperi.data.crystal import CrystalBatch
 from autoperi.flow.coupling import coupled_targets
 from autoperi.flow.model import FlowModel
 from autoperi.flow.paths import (
+    carried_types,
     lattice_to_y,
     linear_path,
     masked_type_path,
@@ -186,7 +187,7 @@ def training_losses(model: FlowModel, batch: CrystalBatch, flow: FlowConfig,
     y0_denovo = stats.lattice_prior.sample(batch.num_atoms, None, generator).to(device)
     y0_csp = stats.lattice_prior.sample(batch.num_atoms, batch.atomic_numbers, generator).to(device)
     y0 = torch.where(csp[:, None], y0_csp, y0_denovo)
-    if type_path == "gaussian":
+    if type_path in ("gaussian", "masked_gaussian"):
         noise = torch.randn(n, len(stats.vocab), generator=generator).to(device)
     xt, u_frac = torus_path(x0, x1, t[crystal_idx])
     yt, u_lattice = linear_path(y0, y1, t)
@@ -201,6 +202,8 @@ def training_losses(model: FlowModel, batch: CrystalBatch, flow: FlowConfig,
     else:  # masked: only hidden atoms have anything to predict
         type_t, revealed = masked_type_path(onehot, t_types[crystal_idx], generator,
                                             inner.config.hidden_noise)
+        if type_path == "masked_gaussian":
+            type_t = carried_types(type_t, noise, t_types[crystal_idx])
 
     # Conditions: known values, hidden per crystal (all at once) or per property.
     names = stats.conditions

@@ -78,6 +78,7 @@ class FlowModel(nn.Module):
         if config.type_path not in TYPE_PATHS:
             raise ValueError(f"model.type_path must be one of {TYPE_PATHS}, got "
                              f"{config.type_path!r}")
+        # (masked_gaussian hidden atoms show fading noise already)
         if config.hidden_noise < 0 or (config.hidden_noise > 0 and config.type_path != "masked"):
             raise ValueError(f"model.hidden_noise must be >= 0 and needs type_path 'masked', "
                              f"got {config.hidden_noise} with {config.type_path!r}")

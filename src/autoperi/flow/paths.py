@@ -5,7 +5,10 @@
   invariant parametrisation (lengths in Å, angles in radians);
 * atom types: straight lines from Gaussian noise to one-hot vectors over the vocabulary
   ("gaussian"), or a masked (absorbing-state) discrete path: each atom is hidden, a zero
-  vector, until a random time and then shows its one-hot type ("masked").
+  vector, until a random time and then shows its one-hot type ("masked"), or the masked
+  path carried on the gaussian one ("masked_gaussian"): the network sees t R + (1 - t) noise,
+  R the masked state, so hidden atoms are fading noise and revealed ones lie on the
+  gaussian path to their type (`carried_types`).
 """
 
 import math
@@ -42,7 +45,17 @@ def linear_path(x0: Tensor, x1: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
     return x0 + t[:, None] * (x1 - x0), x1 - x0
 
 
-TYPE_PATHS = ("gaussian", "masked")
+TYPE_PATHS = ("gaussian", "masked", "masked_gaussian")
+MASKED_PATHS = ("masked", "masked_gaussian")  # types decided by reveals
+
+
+def carried_types(revealed_state: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+    """Network input of the masked_gaussian path at per-atom type times t [N]:
+    t R + (1 - t) noise, R [N, K] the masked state (one-hot rows revealed, zeros hidden).
+    Each atom keeps its own noise [N, K] along the way, so two atoms of one element in one
+    place still differ until t = 1 (the gaussian path's symmetry breaking); at t = 1 (CSP,
+    committed types) the input is R."""
+    return t[:, None] * revealed_state + (1.0 - t[:, None]) * noise
 
 
 def masked_type_path(onehot: Tensor, t: Tensor, generator: torch.Generator | None = None,

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from autoperi.data.crystal import CrystalBatch
 from autoperi.flow.model import FlowModel
-from autoperi.flow.paths import reveal_probability, y_to_lattice
+from autoperi.flow.paths import MASKED_PATHS, carried_types, reveal_probability, y_to_lattice
 from autoperi.geometry.torus import wrap
 
 
@@ -56,7 +56,7 @@ def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str
     `request.composition_check`) and held fixed; the remaining steps move only the geometry,
     as in CSP, so positions and lattice settle around the final types. None: types flow
     until t = 1 and are read off by argmax (gaussian type path) or are revealed one atom at
-    a time, each drawn from the model's predicted clean types (masked type path).
+    a time, each drawn from the model's predicted clean types (masked type paths).
     jump_at < 1: the `steps` steps cover [0, jump_at], then one Euler step jumps to t = 1
     (the model's clean prediction from jump_at).
     """
@@ -72,7 +72,7 @@ def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str
     num_atoms = request.num_atoms.to(device)
     b, n, k = len(num_atoms), int(num_atoms.sum()), len(stats.vocab)
     csp = request.atomic_numbers is not None
-    masked = not csp and model.config.type_path == "masked"
+    masked = not csp and model.config.type_path in MASKED_PATHS
 
     def randn(*shape):
         return torch.randn(*shape, generator=generator).to(device)
@@ -89,8 +89,11 @@ def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str
         else:  # hidden atoms as zeros (no draws: the random stream of older models stays)
             type_state = torch.zeros(n, k, device=device)
         y0 = stats.lattice_prior.sample(num_atoms.cpu(), None, generator)
+    # masked_gaussian: each atom's own noise, carried into the network input until t = 1
+    carrier = randn(n, k) if masked and model.config.type_path == "masked_gaussian" else None
     state = FlowState(type_state, torch.rand(n, 3, generator=generator).to(device), y0.to(device))
     t_type_fixed = torch.ones(b, device=device)
+    crystal_idx = torch.repeat_interleave(torch.arange(b, device=device), num_atoms)
     penalty = None
     if request.allowed is not None:
         penalty = torch.where(request.allowed.to(device), 0.0, float("-inf"))
@@ -100,8 +103,12 @@ def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str
         tt = torch.full((b,), t, device=device)
         t_types = t_type_fixed if fixed_types else tt
 
+        types_in = s.type_state
+        if carrier is not None and not fixed_types:
+            types_in = carried_types(s.type_state, carrier, t_types[crystal_idx])
+
         def run(values, mask):
-            return model(s.type_state, s.frac_coords, s.y, num_atoms, tt, t_types, values, mask)
+            return model(types_in, s.frac_coords, s.y, num_atoms, tt, t_types, values, mask)
 
         cond = run(request.cond_values, request.cond_mask)
         parts = [cond.frac_velocity, cond.lattice_velocity, cond.type_logits]
