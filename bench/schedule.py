@@ -24,7 +24,7 @@ from quality import csp_quality, denovo_quality  # noqa: E402 - bench/quality.py
 
 from autoperi.checkpoint import load_model  # noqa: E402
 from autoperi.data.datasets import load_dataset  # noqa: E402
-from autoperi.generate import predict_structures, sample  # noqa: E402
+from autoperi.generate import clash_distance_of, predict_structures, sample  # noqa: E402
 
 
 def main() -> None:
@@ -36,9 +36,14 @@ def main() -> None:
     parser.add_argument("--num-denovo", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--symprec", type=float, default=0.1, help="spglib tolerance of P1")
+    parser.add_argument("--clash-distance", type=float,
+                        help="push apart atoms closer than this (Å) in sampling (default: "
+                             "the model's model.clash_distance; 0 = off)")
+    parser.add_argument("--clash-after", type=float, default=0.5)
     parser.add_argument("--out", default="bench/results/schedule.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    clash = {"clash_distance": args.clash_distance, "clash_after": args.clash_after}
     rows = []
     for name in args.models:
         model, config = load_model(name)
@@ -49,19 +54,20 @@ def main() -> None:
             steps, _, jump = setting.partition("@")
             steps, jump = int(steps), float(jump or 1.0)
             predicted = predict_structures(inputs, model, 1, steps, seed=args.seed,
-                                           progress=False, jump_at=jump)
+                                           progress=False, jump_at=jump, **clash)
             row = {"model": name, "steps": steps, "jump_at": jump,
+                   "clash_distance": clash_distance_of(model, args.clash_distance),
                    **csp_quality(predicted, inputs, args.symprec)}
             if config.flow.generate_types and args.num_denovo:
                 made = sample(model, args.num_denovo, steps=steps, seed=args.seed,
-                              progress=False, jump_at=jump)
+                              progress=False, jump_at=jump, **clash)
                 row.update(denovo_quality(made, symprec=args.symprec))
             rows.append(row)
             print(json.dumps(row), flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"split": args.split, "seed": args.seed, "symprec": args.symprec,
-                               "rows": rows}, indent=1))
+                               **clash, "rows": rows}, indent=1))
     print(f"wrote {out}")
 
 

@@ -156,6 +156,34 @@ def test_sampler_reaches_the_target_of_an_exact_field(method, steps, jump):
     assert spread.abs().max() < 1e-4
 
 
+def test_clash_pushes_keep_real_crystals_and_separate_a_collapsing_pair():
+    crystals = canonical_crystals()
+    real = CrystalBatch.from_structures([crystals["perovskite_SrTiO3"], crystals["hcp_Mg"]])
+    field = ExactField(real, stats_for(real))
+    plain, _ = sample_flow(field, Request(real.num_atoms), 10, "heun",
+                           generator=torch.Generator().manual_seed(0))
+    pushed, _ = sample_flow(field, Request(real.num_atoms), 10, "heun",
+                            generator=torch.Generator().manual_seed(0), clash_distance=1.0,
+                            clash_after=0.3)
+    assert torch.allclose(plain.frac_coords, pushed.frac_coords, atol=1e-5)  # nothing < 1 Å
+    # a field that sends two O atoms of SrTiO3 to points 0.1 Å apart
+    collapsed = real.select([0])
+    frac = collapsed.frac_coords.clone()
+    frac[3] = frac[2] + torch.tensor([0.1 / 3.905, 0.0, 0.0], dtype=frac.dtype)
+    collapsed = collapsed.replace(frac_coords=frac)
+    field = ExactField(collapsed, stats_for(collapsed))
+
+    def o_o_distance(clash: float) -> float:
+        out, _ = sample_flow(field, Request(collapsed.num_atoms), 10, "euler",
+                             generator=torch.Generator().manual_seed(1), clash_distance=clash)
+        return out.to_structures()[0].get_distance(2, 3)
+
+    assert o_o_distance(0.0) == pytest.approx(0.1, abs=1e-3)
+    assert o_o_distance(1.0) == pytest.approx(1.0, abs=1e-3)
+    with pytest.raises(ValueError, match="clash"):
+        sample_flow(field, Request(collapsed.num_atoms), 2, clash_distance=-1.0)
+
+
 @pytest.mark.parametrize("method,jump,noise", [("euler", 1.0, 0.0), ("heun", 0.6, 0.0),
                                                ("heun", 1.0, 0.3)])
 def test_masked_types_reach_the_target_of_an_exact_field(method, jump, noise):

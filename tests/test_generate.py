@@ -72,6 +72,22 @@ def test_sample_respects_constraints_and_seed(run):
         sample(run, num=1, targets={"density": (1, 2)}, progress=False)
 
 
+def test_clash_distance_defaults_to_the_models_and_can_be_overridden(run):
+    import dataclasses
+
+    from autoperi.checkpoint import load_model
+    from autoperi.eval.validity import structural_validity
+
+    model, _ = load_model(run)
+    plain = sample(model, num=8, steps=6, num_atoms=6, seed=2, progress=False)
+    assert not structural_validity(plain, min_distance=1.4).all()  # the tiny model crowds
+    model.config = dataclasses.replace(model.config, clash_distance=1.5)
+    pushed = sample(model, num=8, steps=6, num_atoms=6, seed=2, progress=False)
+    assert structural_validity(pushed, min_distance=1.4).all()
+    off = sample(model, num=8, steps=6, num_atoms=6, seed=2, progress=False, clash_distance=0)
+    assert all((x.frac_coords == y.frac_coords).all() for x, y in zip(plain, off))
+
+
 def test_charge_neutral_decoding_gives_valid_compositions(run):
     from autoperi.eval.validity import compositional_validity
 
@@ -122,6 +138,7 @@ def test_cli_sample_and_csp_write_files_and_settings(run, tmp_path, capsys):
     assert len(read_structures(out)) == 3
     meta = json.loads(Path(f"{out}.meta.json").read_text())
     assert meta["targets"] == {"band_gap": [1.0, 2.0]} and meta["seed"] == 0
+    assert meta["clash_distance"] == 0.0  # the model's default, as used
     assert "structures/s" in capsys.readouterr().out
     formulas = tmp_path / "f.txt"
     formulas.write_text("NaCl\n# a comment\nMgO\n")

@@ -159,6 +159,12 @@ def _add_generation_options(p) -> None:
     p.add_argument("--jump-at", type=float, default=1.0,
                    help="integrate to this flow time, then jump to the clean prediction "
                         "(1 = no jump; jumps raise match rates but yield P1 crystals)")
+    p.add_argument("--clash-distance", type=float, metavar="D",
+                   help="push apart atoms closer than D Å after every step from flow time "
+                        "--clash-after on (default: the model's model.clash_distance, "
+                        "perov-5 1.2; 0 = off)")
+    p.add_argument("--clash-after", type=float, default=0.5, metavar="T",
+                   help="flow time from which --clash-distance acts (0.5)")
 
 
 def _write_generated(structures, args, seconds: float, extra: dict) -> None:
@@ -208,21 +214,26 @@ class _sample:
 
     @staticmethod
     def run(args) -> int:
+        from autoperi.checkpoint import load_model
         from autoperi.config import parse_targets
-        from autoperi.generate import sample, timed
+        from autoperi.generate import clash_distance_of, sample, timed
 
         split = lambda text: [s for s in (text or "").split(",") if s.strip()]  # noqa: E731
         targets = parse_targets(args.target)
+        model, _ = load_model(args.model, args.device)
+        args.clash_distance = clash_distance_of(model, args.clash_distance)
         structures, seconds = timed(
-            sample, args.model, args.num, targets, args.guidance, split(args.elements),
+            sample, model, args.num, targets, args.guidance, split(args.elements),
             split(args.exclude), args.num_atoms, args.steps, args.method, args.seed,
             args.batch_size, args.device, commit_at=args.commit_types,
-            charge_neutral=args.charge_neutral, jump_at=args.jump_at)
+            charge_neutral=args.charge_neutral, jump_at=args.jump_at,
+            clash_distance=args.clash_distance, clash_after=args.clash_after)
         _write_generated(structures, args, seconds, {
             "targets": targets, "guidance": args.guidance, "elements": args.elements,
             "exclude": args.exclude, "num_atoms": args.num_atoms,
             "commit_types": args.commit_types, "charge_neutral": args.charge_neutral,
-            "jump_at": args.jump_at})
+            "jump_at": args.jump_at, "clash_distance": args.clash_distance,
+            "clash_after": args.clash_after})
         return 0
 
 
@@ -240,8 +251,9 @@ class _csp:
     def run(args) -> int:
         from pathlib import Path
 
+        from autoperi.checkpoint import load_model
         from autoperi.data.io import ReadError, read_structures
-        from autoperi.generate import predict_structures, timed
+        from autoperi.generate import clash_distance_of, predict_structures, timed
 
         path = Path(args.input)
         problems = []
@@ -259,13 +271,17 @@ class _csp:
         code = _report(problems, allow_skipped=False)
         if not inputs:
             raise ValueError(f"{path}: no compositions to predict")
+        model, _ = load_model(args.model, args.device)
+        args.clash_distance = clash_distance_of(model, args.clash_distance)
         structures, seconds = timed(
-            predict_structures, inputs, args.model, args.samples_per_input, args.steps,
+            predict_structures, inputs, model, args.samples_per_input, args.steps,
             args.method, args.seed, args.batch_size, args.device,
-            jump_at=args.jump_at)
+            jump_at=args.jump_at, clash_distance=args.clash_distance,
+            clash_after=args.clash_after)
         _write_generated(structures, args, seconds, {
             "input": str(path), "samples_per_input": args.samples_per_input,
-            "jump_at": args.jump_at})
+            "jump_at": args.jump_at, "clash_distance": args.clash_distance,
+            "clash_after": args.clash_after})
         return code
 
 

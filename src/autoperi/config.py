@@ -50,6 +50,10 @@ class ModelConfig:
     # masked path: hidden atoms show Gaussian noise of this scale (drawn once per atom)
     # instead of zeros, so that two hidden atoms close together can be told apart (0: zeros)
     hidden_noise: float = 0.0
+    # sampling default: from t = 0.5 on, push apart atoms closer than this (Å; 0 = off). A
+    # fact of the training data (a bit below its shortest real contacts), so it is kept with
+    # the model; `autoperi sample/csp --clash-distance` overrides it
+    clash_distance: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from torch import Tensor
 from autoperi.data.crystal import CrystalBatch
 from autoperi.flow.model import FlowModel
 from autoperi.flow.paths import MASKED_PATHS, carried_types, reveal_probability, y_to_lattice
+from autoperi.geometry.clash import clash_displacement
 from autoperi.geometry.torus import wrap
 
 
@@ -47,7 +48,8 @@ class Request:
 def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str = "heun",
                 guidance: float = 1.0, generator: torch.Generator | None = None,
                 trajectory: bool = False, commit_at: float | None = None,
-                jump_at: float = 1.0) -> tuple[CrystalBatch, list[CrystalBatch]]:
+                jump_at: float = 1.0, clash_distance: float = 0.0,
+                clash_after: float = 0.5) -> tuple[CrystalBatch, list[CrystalBatch]]:
     """Integrate the flow; returns the crystals and (if asked) every intermediate state.
 
     commit_at (de novo): at the first step with t >= commit_at (or the last step before
@@ -59,6 +61,10 @@ def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str
     a time, each drawn from the model's predicted clean types (masked type paths).
     jump_at < 1: the `steps` steps cover [0, jump_at], then one Euler step jumps to t = 1
     (the model's clean prediction from jump_at).
+    clash_distance > 0 (Å): after every step that ends at t >= clash_after, atoms closer than
+    this are pushed apart along their axis (`geometry.clash.clash_displacement`), so that
+    two atoms heading for one site are separated while the flow can still send one of them
+    elsewhere. A sampling-time physical prior, not part of the learned model.
     """
     if not 0.0 < jump_at <= 1.0:
         raise ValueError(f"jump_at must be in (0, 1], got {jump_at}")
@@ -66,6 +72,9 @@ def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str
         raise ValueError(f"commit_at must be in [0, 1), got {commit_at}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if clash_distance < 0 or not 0.0 <= clash_after <= 1.0:
+        raise ValueError(f"need clash_distance >= 0 and clash_after in [0, 1], got "
+                         f"{clash_distance}, {clash_after}")
     if method not in ("euler", "heun"):
         raise ValueError(f"method must be 'euler' or 'heun', got {method!r}")
     stats, device = model.stats, next(model.parameters()).device
@@ -160,11 +169,22 @@ def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str
                             zip((v.type_state, v.frac_coords, v.y),
                                 (v2.type_state, v2.frac_coords, v2.y))))
         state = step(state, v, dt)
+        if clash_distance > 0 and t + dt >= clash_after - 1e-9:
+            frac, lattice = state.frac_coords, y_to_lattice(state.y)
+            for _ in range(CLASH_PASSES):  # one pass resolves isolated pairs exactly
+                push = clash_displacement(frac, lattice, num_atoms, clash_distance)
+                if not bool(push.any()):
+                    break
+                frac = wrap(frac + push)
+            state = FlowState(state.type_state, frac, state.y)
         if trajectory:
             states.append(_to_batch(model, state, num_atoms, request, penalty, logits))
     final = _to_batch(model, state, num_atoms, request, penalty)
     return final, states
 
+
+# clash pushes per step: pairs pushed into third atoms need a few more passes
+CLASH_PASSES = 5
 
 # log-probability cost of changing an already revealed atom when decoding under a
 # composition check: such atoms change only if no choice for the hidden ones passes (the
