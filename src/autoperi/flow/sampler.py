@@ -62,9 +62,10 @@ def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str
     jump_at < 1: the `steps` steps cover [0, jump_at], then one Euler step jumps to t = 1
     (the model's clean prediction from jump_at).
     clash_distance > 0 (Å): after every step that ends at t >= clash_after, atoms closer than
-    this are pushed apart along their axis (`geometry.clash.clash_displacement`), so that
-    two atoms heading for one site are separated while the flow can still send one of them
-    elsewhere. A sampling-time physical prior, not part of the learned model.
+    this are pushed apart along their axis (`geometry.clash.clash_displacement`). A
+    sampling-time physical prior, not part of the learned model: it keeps two atoms off one
+    site, but measured on Perov-5 the flow does not then move one of them to an empty site
+    (BENCHMARKS.md, "Masked type path").
     """
     if not 0.0 < jump_at <= 1.0:
         raise ValueError(f"jump_at must be in (0, 1], got {jump_at}")
