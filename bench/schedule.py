@@ -67,7 +67,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"split": args.split, "seed": args.seed, "symprec": args.symprec,
-                               **clash, "rows": rows}, indent=1))
+                               "clash_after": args.clash_after, "rows": rows}, indent=1))
     print(f"wrote {out}")
 
 
