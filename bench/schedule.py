@@ -23,8 +23,9 @@ import torch  # noqa: E402
 from quality import csp_quality, denovo_quality  # noqa: E402 - bench/quality.py
 
 from autoperi.checkpoint import load_model  # noqa: E402
+from autoperi.cli import add_clash_options  # noqa: E402
 from autoperi.data.datasets import load_dataset  # noqa: E402
-from autoperi.generate import clash_distance_of, predict_structures, sample  # noqa: E402
+from autoperi.generate import clash_of, predict_structures, sample  # noqa: E402
 
 
 def main() -> None:
@@ -36,31 +37,28 @@ def main() -> None:
     parser.add_argument("--num-denovo", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--symprec", type=float, default=0.1, help="spglib tolerance of P1")
-    parser.add_argument("--clash-distance", type=float,
-                        help="push apart atoms closer than this (Å) in sampling (default: "
-                             "the model's model.clash_distance; 0 = off)")
-    parser.add_argument("--clash-after", type=float, default=0.5)
+    add_clash_options(parser)
     parser.add_argument("--out", default="bench/results/schedule.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    clash = {"clash_distance": args.clash_distance, "clash_after": args.clash_after}
     rows = []
     for name in args.models:
         model, config = load_model(name)
         dataset = load_dataset(config.data.dataset, seed=config.data.seed,
                                symprec=config.data.symprec, max_atoms=config.data.max_atoms)
         inputs = dataset.structures(args.split)[: args.num_csp]
+        clash = clash_of(model, args.clash_distance, args.clash_scale, args.clash_after)
         for setting in args.settings:
             steps, _, jump = setting.partition("@")
             steps, jump = int(steps), float(jump or 1.0)
             predicted = predict_structures(inputs, model, 1, steps, seed=args.seed,
-                                           progress=False, jump_at=jump, **clash)
+                                           progress=False, jump_at=jump, clash=clash)
             row = {"model": name, "steps": steps, "jump_at": jump,
-                   "clash_distance": clash_distance_of(model, args.clash_distance),
+                   "clash_distance": clash.distance, "clash_scale": clash.scale,
                    **csp_quality(predicted, inputs, args.symprec)}
             if config.flow.generate_types and args.num_denovo:
                 made = sample(model, args.num_denovo, steps=steps, seed=args.seed,
-                              progress=False, jump_at=jump, **clash)
+                              progress=False, jump_at=jump, clash=clash)
                 row.update(denovo_quality(made, symprec=args.symprec))
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -25,8 +25,13 @@ import torch  # noqa: E402
 from quality import denovo_quality  # noqa: E402 - bench/quality.py
 
 from autoperi.checkpoint import load_model  # noqa: E402
-from autoperi.eval.validity import compositional_validity, structural_validity  # noqa: E402
-from autoperi.generate import clash_distance_of, sample  # noqa: E402
+from autoperi.cli import add_clash_options  # noqa: E402
+from autoperi.eval.validity import (  # noqa: E402
+    compositional_validity,
+    shortest_relative_contacts,
+    structural_validity,
+)
+from autoperi.generate import clash_of, sample  # noqa: E402
 
 
 def invalid_formulas(structures, valid, top: int = 10) -> list[tuple[str, int]]:
@@ -52,22 +57,18 @@ def main() -> None:
     parser.add_argument("--num", type=int, default=2000)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--clash-distance", type=float,
-                        help="push apart atoms closer than this (Å) in sampling (default: "
-                             "the model's model.clash_distance; 0 = off)")
-    parser.add_argument("--clash-after", type=float, default=0.5)
+    add_clash_options(parser)
     parser.add_argument("--out", default="bench/results/type_schedule.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, _ = load_model(args.model)
-    args.clash_distance = clash_distance_of(model, args.clash_distance)  # as used
+    clash = clash_of(model, args.clash_distance, args.clash_scale, args.clash_after)
     rows = []
     for arm in args.arms:
         commit_at = None if arm == "free" else float(arm)
         start = time.perf_counter()
         made = sample(model, args.num, steps=args.steps, seed=args.seed, progress=False,
-                      commit_at=commit_at, clash_distance=args.clash_distance,
-                      clash_after=args.clash_after)
+                      commit_at=commit_at, clash=clash)
         row = {"arm": arm, "seconds": time.perf_counter() - start, **denovo_quality(made),
                # SMACT failures, and crystals with atoms < 0.5 Å apart or cells < 0.1 Å^3
                "failing_formulas": invalid_formulas(
@@ -75,11 +76,15 @@ def main() -> None:
                "overlapping_formulas": invalid_formulas(made, structural_validity(made)),
                # unphysically close but "valid" pairs: the bundled Perov-5 rows are >= 1.3 Å
                "below_1A_share": float(1 - structural_validity(made, min_distance=1.0).mean()),
-               "min_distance_percentiles_0_0.1_1": min_distance_percentiles(made)}
+               "min_distance_percentiles_0_0.1_1": min_distance_percentiles(made),
+               # the same relative to covalent radii (bench/contacts.py gives the data's)
+               "relative_contact_percentiles_0_0.1_1": [round(float(v), 3) for v in
+                   np.nanpercentile(shortest_relative_contacts(made), (0, 0.1, 1))]}
         rows.append(row)
         print(json.dumps(row), flush=True)
     result = {"model": args.model, "steps": args.steps, "num": args.num, "seed": args.seed,
-              "clash_distance": args.clash_distance, "clash_after": args.clash_after,
+              "clash_distance": clash.distance, "clash_scale": clash.scale,
+              "clash_after": clash.after,
               "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))

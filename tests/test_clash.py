@@ -6,7 +6,8 @@ import pytest
 import torch
 from pymatgen.core import Lattice, Structure
 
-from autoperi.geometry.clash import clash_displacement
+from autoperi.data.features import covalent_radii
+from autoperi.geometry.clash import clash_displacement, resolve_clashes
 from autoperi.geometry.torus import wrap
 from autoperi.testing import canonical_crystals, random_batch, random_rotation
 
@@ -94,3 +95,45 @@ def test_each_pass_lowers_the_total_overlap():
         after = deficit(s)
         assert after < before
         before = after
+
+
+def test_per_atom_radii_set_each_pairs_floor_and_the_larger_floor_acts():
+    # an O-H pair 0.5 Å apart and an O-O pair 0.8 Å apart, far from each other
+    s = Structure(Lattice.cubic(12.0), ["O", "H", "O", "O"],
+                  [[0.1, 0.1, 0.1], [0.1 + 0.5 / 12, 0.1, 0.1],
+                   [0.6, 0.6, 0.6], [0.6 + 0.8 / 12, 0.6, 0.6]])
+    r = covalent_radii()
+    assert r[1] == pytest.approx(0.31) and r[8] == pytest.approx(0.66)  # Cordero et al.
+    radii = torch.tensor([r[z] for z in s.atomic_numbers], dtype=F64)
+
+    def pushed(min_distance):
+        frac = torch.tensor(s.frac_coords, dtype=F64)
+        lattice = torch.tensor(s.lattice.matrix, dtype=F64)[None]
+        move = clash_displacement(frac, lattice, torch.tensor([4]), min_distance, radii)
+        return Structure(s.lattice, s.species, wrap(frac + move).numpy())
+
+    out = pushed(0.0)
+    assert out.get_distance(0, 1) == pytest.approx(0.97, abs=1e-9)  # r_O + r_H
+    assert out.get_distance(2, 3) == pytest.approx(1.32, abs=1e-9)  # 2 r_O
+    out = pushed(1.2)  # the global floor is larger for O-H only
+    assert out.get_distance(0, 1) == pytest.approx(1.2, abs=1e-9)
+    assert out.get_distance(2, 3) == pytest.approx(1.32, abs=1e-9)
+
+
+def test_resolve_clashes_separates_a_crowded_row_that_one_pass_cannot():
+    # five atoms in a row 0.3 Å apart: one pass pushes inner atoms into their neighbours
+    s = Structure(Lattice.cubic(20.0), ["Si"] * 5, [[0.5 + k * 0.3 / 20, 0.5, 0.5]
+                                                     for k in range(5)])
+    frac = torch.tensor(s.frac_coords, dtype=F64)
+    lattice = torch.tensor(s.lattice.matrix, dtype=F64)[None]
+    n = torch.tensor([5])
+
+    def shortest(f):
+        d = Structure(s.lattice, s.species, f.numpy()).distance_matrix
+        return d[np.triu_indices(5, 1)].min()
+
+    once = resolve_clashes(frac, lattice, n, 1.0, passes=1)
+    many = resolve_clashes(frac, lattice, n, 1.0, passes=200)
+    assert shortest(once) < 0.99
+    assert shortest(many) == pytest.approx(1.0, abs=1e-3)
+    assert torch.equal(resolve_clashes(frac, lattice, n, 0.2, passes=5), frac)  # none < 0.2

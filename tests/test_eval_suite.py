@@ -28,7 +28,12 @@ from autoperi.eval.novelty import (
 )
 from autoperi.eval.report import write_report
 from autoperi.eval.suite import SUITE_VERSION, evaluate
-from autoperi.eval.validity import BVR_TOLERANCE, bond_ratios, bond_validation_rate
+from autoperi.eval.validity import (
+    BVR_TOLERANCE,
+    bond_ratios,
+    bond_validation_rate,
+    shortest_relative_contacts,
+)
 
 DATA = Path(__file__).parent / "data"
 
@@ -174,6 +179,18 @@ def test_bond_validation_rate_hand_made_and_real(real):
     assert bond_validation_rate([rocksalt, stretched, squeezed]).tolist() == [1.0, 0.0, 0.0]
     assert bond_validation_rate([rocksalt], tolerance=0.04)[0] == 0.0  # 5.2 % off
     assert BVR_TOLERANCE == 0.25 and np.mean(bond_validation_rate(real)) > 0.95
+
+
+def test_shortest_relative_contact_is_the_pair_nearest_its_covalent_sum():
+    # O-H 0.9 Å (0.9 / 0.97) is the shortest contact; Cs-O 2.0 Å (2.0 / 3.10) the tightest
+    s = Structure(Lattice.cubic(10.0), ["O", "H", "Cs"],
+                  [[0.5, 0.5, 0.5], [0.59, 0.5, 0.5], [0.5, 0.7, 0.5]])
+    lone = Structure(Lattice.cubic(6.0), ["Si"], [[0, 0, 0]])  # own images 6 Å away
+    empty = Structure(Lattice.cubic(0.0001), ["Si"], [[0, 0, 0]])  # no volume
+    got = shortest_relative_contacts([s, lone, empty])
+    assert got[0] == pytest.approx(2.0 / (2.44 + 0.66), rel=1e-6)
+    assert got[1] == np.inf and np.isnan(got[2])
+    assert shortest_relative_contacts([s], cutoff=1.5)[0] == pytest.approx(0.9 / 0.97, rel=1e-6)
 
 
 # ---------------------------------------------------------------------- CSP

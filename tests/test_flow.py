@@ -24,6 +24,7 @@ from autoperi.flow.paths import (
 )
 from autoperi.flow.priors import AtomCountPrior, LatticePrior
 from autoperi.flow.sampler import Request, _hidden, decode_types, sample_flow
+from autoperi.geometry.clash import ClashFloor
 from autoperi.geometry.lattice import lattice_to_params
 from autoperi.geometry.torus import shortest_displacement
 from autoperi.testing import canonical_crystals, random_batch
@@ -163,8 +164,8 @@ def test_clash_pushes_keep_real_crystals_and_separate_a_collapsing_pair():
     plain, _ = sample_flow(field, Request(real.num_atoms), 10, "heun",
                            generator=torch.Generator().manual_seed(0))
     pushed, _ = sample_flow(field, Request(real.num_atoms), 10, "heun",
-                            generator=torch.Generator().manual_seed(0), clash_distance=1.0,
-                            clash_after=0.3)
+                            generator=torch.Generator().manual_seed(0),
+                            clash=ClashFloor(1.0, after=0.3))
     assert torch.allclose(plain.frac_coords, pushed.frac_coords, atol=1e-5)  # nothing < 1 Å
     # a field that sends two O atoms of SrTiO3 to points 0.1 Å apart
     collapsed = real.select([0])
@@ -173,15 +174,18 @@ def test_clash_pushes_keep_real_crystals_and_separate_a_collapsing_pair():
     collapsed = collapsed.replace(frac_coords=frac)
     field = ExactField(collapsed, stats_for(collapsed))
 
-    def o_o_distance(clash: float) -> float:
+    def o_o_distance(clash: ClashFloor) -> float:
         out, _ = sample_flow(field, Request(collapsed.num_atoms), 10, "euler",
-                             generator=torch.Generator().manual_seed(1), clash_distance=clash)
+                             generator=torch.Generator().manual_seed(1), clash=clash)
         return out.to_structures()[0].get_distance(2, 3)
 
-    assert o_o_distance(0.0) == pytest.approx(0.1, abs=1e-3)
-    assert o_o_distance(1.0) == pytest.approx(1.0, abs=1e-3)
+    assert o_o_distance(ClashFloor()) == pytest.approx(0.1, abs=1e-3)
+    assert o_o_distance(ClashFloor(1.0)) == pytest.approx(1.0, abs=1e-3)
+    # relative floor: O-O at scale x twice O's covalent radius (0.66 Å), the larger floor acts
+    assert o_o_distance(ClashFloor(scale=0.8)) == pytest.approx(0.8 * 1.32, abs=1e-3)
+    assert o_o_distance(ClashFloor(1.2, scale=0.8)) == pytest.approx(1.2, abs=1e-3)
     with pytest.raises(ValueError, match="clash"):
-        sample_flow(field, Request(collapsed.num_atoms), 2, clash_distance=-1.0)
+        ClashFloor(-1.0)
 
 
 @pytest.mark.parametrize("method,jump,noise", [("euler", 1.0, 0.0), ("heun", 0.6, 0.0),

@@ -10,11 +10,13 @@ from autoperi.cli import main
 from autoperi.config import Config, parse_targets
 from autoperi.data.io import read_structures
 from autoperi.generate import (
+    clash_of,
     element_mask,
     predict_properties,
     predict_structures,
     sample,
 )
+from autoperi.geometry.clash import ClashFloor
 from autoperi.train import train
 
 SAMPLE = Path(__file__).parent / "data" / "mp20_sample.csv"
@@ -72,11 +74,11 @@ def test_sample_respects_constraints_and_seed(run):
         sample(run, num=1, targets={"density": (1, 2)}, progress=False)
 
 
-def test_clash_distance_defaults_to_the_models_and_can_be_overridden(run):
+def test_clash_floors_default_to_the_models_and_can_be_overridden(run):
     import dataclasses
 
     from autoperi.checkpoint import load_model
-    from autoperi.eval.validity import structural_validity
+    from autoperi.eval.validity import shortest_relative_contacts, structural_validity
 
     model, _ = load_model(run)
     plain = sample(model, num=8, steps=6, num_atoms=6, seed=2, progress=False)
@@ -84,8 +86,16 @@ def test_clash_distance_defaults_to_the_models_and_can_be_overridden(run):
     model.config = dataclasses.replace(model.config, clash_distance=1.5)
     pushed = sample(model, num=8, steps=6, num_atoms=6, seed=2, progress=False)
     assert structural_validity(pushed, min_distance=1.4).all()
-    off = sample(model, num=8, steps=6, num_atoms=6, seed=2, progress=False, clash_distance=0)
+    off = sample(model, num=8, steps=6, num_atoms=6, seed=2, progress=False,
+                 clash=ClashFloor())
     assert all((x.frac_coords == y.frac_coords).all() for x, y in zip(plain, off))
+    # the relative floor: no pair closer than 0.6 x its two covalent radii
+    model.config = dataclasses.replace(model.config, clash_distance=0.0, clash_scale=0.6)
+    assert clash_of(model, scale=0.5) == ClashFloor(0.0, 0.5)
+    relative = sample(model, num=8, steps=6, num_atoms=6, seed=2, progress=False)
+    # five passes per step leave crowded cells of this tiny model within 2 % of the floor
+    assert shortest_relative_contacts(relative).min() > 0.98 * 0.6
+    assert shortest_relative_contacts(plain).min() < 0.3
 
 
 def test_charge_neutral_decoding_gives_valid_compositions(run):
@@ -138,7 +148,7 @@ def test_cli_sample_and_csp_write_files_and_settings(run, tmp_path, capsys):
     assert len(read_structures(out)) == 3
     meta = json.loads(Path(f"{out}.meta.json").read_text())
     assert meta["targets"] == {"band_gap": [1.0, 2.0]} and meta["seed"] == 0
-    assert meta["clash_distance"] == 0.0  # the model's default, as used
+    assert meta["clash_distance"] == 0.0 and meta["clash_scale"] == 0.0  # model defaults
     assert "structures/s" in capsys.readouterr().out
     formulas = tmp_path / "f.txt"
     formulas.write_text("NaCl\n# a comment\nMgO\n")

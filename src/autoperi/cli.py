@@ -159,12 +159,28 @@ def _add_generation_options(p) -> None:
     p.add_argument("--jump-at", type=float, default=1.0,
                    help="integrate to this flow time, then jump to the clean prediction "
                         "(1 = no jump; jumps raise match rates but yield P1 crystals)")
+    add_clash_options(p)
+
+
+def add_clash_options(p) -> None:
+    """--clash-distance, --clash-scale, --clash-after (for `generate.clash_of`); the
+    benchmarks use them too."""
     p.add_argument("--clash-distance", type=float, metavar="D",
                    help="push apart atoms closer than D Å after every step from flow time "
                         "--clash-after on (default: the model's model.clash_distance, "
                         "perov-5 1.2; 0 = off)")
+    p.add_argument("--clash-scale", type=float, metavar="S",
+                   help="push apart atoms i, j closer than S x (r_i + r_j), r the covalent "
+                        "radii, likewise (default: the model's model.clash_scale; 0 = off; "
+                        "with both floors set the larger acts)")
     p.add_argument("--clash-after", type=float, default=0.5, metavar="T",
-                   help="flow time from which --clash-distance acts (0.5)")
+                   help="flow time from which the clash floors act (0.5)")
+
+
+def _clash_meta(clash) -> dict:
+    """The clash floor as used (the model's defaults filled in), for FILE.meta.json."""
+    return {"clash_distance": clash.distance, "clash_scale": clash.scale,
+            "clash_after": clash.after}
 
 
 def _write_generated(structures, args, seconds: float, extra: dict) -> None:
@@ -216,24 +232,22 @@ class _sample:
     def run(args) -> int:
         from autoperi.checkpoint import load_model
         from autoperi.config import parse_targets
-        from autoperi.generate import clash_distance_of, sample, timed
+        from autoperi.generate import clash_of, sample, timed
 
         split = lambda text: [s for s in (text or "").split(",") if s.strip()]  # noqa: E731
         targets = parse_targets(args.target)
         model, _ = load_model(args.model, args.device)
-        args.clash_distance = clash_distance_of(model, args.clash_distance)
+        clash = clash_of(model, args.clash_distance, args.clash_scale, args.clash_after)
         structures, seconds = timed(
             sample, model, args.num, targets, args.guidance, split(args.elements),
             split(args.exclude), args.num_atoms, args.steps, args.method, args.seed,
             args.batch_size, args.device, commit_at=args.commit_types,
-            charge_neutral=args.charge_neutral, jump_at=args.jump_at,
-            clash_distance=args.clash_distance, clash_after=args.clash_after)
+            charge_neutral=args.charge_neutral, jump_at=args.jump_at, clash=clash)
         _write_generated(structures, args, seconds, {
             "targets": targets, "guidance": args.guidance, "elements": args.elements,
             "exclude": args.exclude, "num_atoms": args.num_atoms,
             "commit_types": args.commit_types, "charge_neutral": args.charge_neutral,
-            "jump_at": args.jump_at, "clash_distance": args.clash_distance,
-            "clash_after": args.clash_after})
+            "jump_at": args.jump_at, **_clash_meta(clash)})
         return 0
 
 
@@ -253,7 +267,7 @@ class _csp:
 
         from autoperi.checkpoint import load_model
         from autoperi.data.io import ReadError, read_structures
-        from autoperi.generate import clash_distance_of, predict_structures, timed
+        from autoperi.generate import clash_of, predict_structures, timed
 
         path = Path(args.input)
         problems = []
@@ -272,16 +286,14 @@ class _csp:
         if not inputs:
             raise ValueError(f"{path}: no compositions to predict")
         model, _ = load_model(args.model, args.device)
-        args.clash_distance = clash_distance_of(model, args.clash_distance)
+        clash = clash_of(model, args.clash_distance, args.clash_scale, args.clash_after)
         structures, seconds = timed(
             predict_structures, inputs, model, args.samples_per_input, args.steps,
             args.method, args.seed, args.batch_size, args.device,
-            jump_at=args.jump_at, clash_distance=args.clash_distance,
-            clash_after=args.clash_after)
+            jump_at=args.jump_at, clash=clash)
         _write_generated(structures, args, seconds, {
             "input": str(path), "samples_per_input": args.samples_per_input,
-            "jump_at": args.jump_at, "clash_distance": args.clash_distance,
-            "clash_after": args.clash_after})
+            "jump_at": args.jump_at, **_clash_meta(clash)})
         return code
 
 

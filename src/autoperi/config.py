@@ -54,6 +54,10 @@ class ModelConfig:
     # fact of the training data (a bit below its shortest real contacts), so it is kept with
     # the model; `autoperi sample/csp --clash-distance` overrides it
     clash_distance: float = 0.0
+    # the same relative to covalent radii: push apart atoms i, j closer than
+    # clash_scale * (r_i + r_j) (0 = off; both floors may be set, the larger acts). For
+    # datasets whose shortest contacts depend on the elements; `--clash-scale` overrides it
+    clash_scale: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from autoperi.data.crystal import CrystalBatch
 from autoperi.flow.model import FlowModel
 from autoperi.flow.paths import lattice_to_y
 from autoperi.flow.sampler import Request, sample_flow
+from autoperi.geometry.clash import ClashFloor
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,7 @@ def sample(model: FlowModel | str | None = None, num: int = 16, targets: dict | 
            num_atoms: int | None = None, steps: int = 50, method: str = "heun", seed: int = 0,
            batch_size: int = 256, device: str = "cpu", progress: bool = True,
            commit_at: float | None = None, charge_neutral: bool = False,
-           jump_at: float = 1.0, clash_distance: float | None = None,
-           clash_after: float = 0.5) -> list[Structure]:
+           jump_at: float = 1.0, clash: ClashFloor | None = None) -> list[Structure]:
     """Generate `num` new crystals (de novo). targets: {property: (low, high)}.
 
     commit_at: decide the atom types at this flow time and move only the geometry after it
@@ -67,8 +67,9 @@ def sample(model: FlowModel | str | None = None, num: int = 16, targets: dict | 
     model's clean prediction in one step (`flow.sampler.sample_flow`; 1.0 = no jump). Jumps
     raise Perov-5 match rates and structural validity but blur the crystals: nearly all
     come out P1 (BENCHMARKS.md, "Sampling schedule"), so the default is no jump.
-    clash_distance > 0 (Å): from flow time clash_after on, push apart atoms closer than this
-    after every step (`flow.sampler.sample_flow`); None: the model's `clash_distance`.
+    clash: push apart atoms closer than this floor after every step from its flow time on
+    (`geometry.clash.ClashFloor`, `flow.sampler.sample_flow`); None: the model's default
+    (`clash_of`).
     """
     if charge_neutral and commit_at is None:
         raise ValueError("charge_neutral needs commit_at (the time the types are decided)")
@@ -91,8 +92,7 @@ def sample(model: FlowModel | str | None = None, num: int = 16, targets: dict | 
                               _charge_neutral if charge_neutral else None)
             batch, _ = sample_flow(model, request, steps, method, guidance, generator,
                                    commit_at=commit_at, jump_at=jump_at,
-                                   clash_distance=clash_distance_of(model, clash_distance),
-                                   clash_after=clash_after)
+                                   clash=clash or clash_of(model))
             out += _with_predictions(model, batch)
             bar.update(b)
     return out
@@ -103,11 +103,10 @@ def predict_structures(compositions: Sequence[Composition | str | Structure],
                        steps: int = 50, method: str = "heun", seed: int = 0,
                        batch_size: int = 256, device: str = "cpu",
                        progress: bool = True, jump_at: float = 1.0,
-                       clash_distance: float | None = None,
-                       clash_after: float = 0.5) -> list[Structure]:
+                       clash: ClashFloor | None = None) -> list[Structure]:
     """CSP: `samples_per_input` structures for each composition (as written: "Na4Cl4" has
     8 atoms), in input order; each carries properties input_index and sample_index.
-    jump_at, clash_distance, clash_after: as in `sample`."""
+    jump_at, clash: as in `sample`."""
     model = _model(model, device)
     generator = torch.Generator().manual_seed(seed)
     numbers = []
@@ -129,9 +128,7 @@ def predict_structures(compositions: Sequence[Composition | str | Structure],
         counts = torch.tensor([len(zs) for _, _, zs in chunk])
         z = torch.tensor([v for _, _, zs in chunk for v in zs])
         batch, _ = sample_flow(model, Request(counts, z), steps, method, 1.0, generator,
-                               jump_at=jump_at,
-                               clash_distance=clash_distance_of(model, clash_distance),
-                               clash_after=clash_after)
+                               jump_at=jump_at, clash=clash or clash_of(model))
         for (k, s, _), structure in zip(chunk, _with_predictions(model, batch)):
             structure.properties.update({"input_index": k, "sample_index": s})
             out.append(structure)
@@ -145,9 +142,12 @@ def _charge_neutral(atomic_numbers: Sequence[int]) -> bool:
         {Element.from_Z(z).symbol: atomic_numbers.count(z) for z in set(atomic_numbers)})])[0])
 
 
-def clash_distance_of(model: FlowModel, clash_distance: float | None) -> float:
-    """The clash distance a sampling call uses: the one given, else the model's default."""
-    return model.config.clash_distance if clash_distance is None else clash_distance
+def clash_of(model: FlowModel, distance: float | None = None, scale: float | None = None,
+             after: float = 0.5) -> ClashFloor:
+    """The clash floor a sampling call uses: each of distance and scale as given, else the
+    model's default (`model.clash_distance`, `model.clash_scale`)."""
+    return ClashFloor(model.config.clash_distance if distance is None else distance,
+                      model.config.clash_scale if scale is None else scale, after)
 
 
 def timed(fn, *args, **kwargs):

@@ -52,6 +52,17 @@ def element_features(standardize: bool = True) -> tuple[Tensor, Tensor]:
     return torch.tensor(filled, dtype=torch.float32), torch.tensor(missing)
 
 
+@functools.lru_cache(maxsize=1)
+def covalent_radii() -> np.ndarray:
+    """Covalent radius of each element in Å indexed by Z, [MAX_Z + 1] (Cordero et al. 2008,
+    from the Magpie table); NaN where the table has no value (Z = 0 and Bk..Lr)."""
+    table, missing = element_features(standardize=False)
+    column = element_feature_names().index("CovalentRadius")
+    radii = table[:, column].double().numpy() / 100.0  # pm -> Å
+    radii[missing[:, column].numpy()] = np.nan
+    return radii
+
+
 def composition_features(atomic_numbers: Tensor, crystal_idx: Tensor, num_crystals: int) -> Tensor:
     """Magpie-style composition fingerprint [B, 5F]: per-crystal mean, mean absolute
     deviation, min, max and range of each (unstandardized) elemental property over atoms.

@@ -10,6 +10,7 @@ import torch
 from pymatgen.core import Composition, Structure
 
 from autoperi.data.crystal import CrystalBatch
+from autoperi.data.features import covalent_radii
 from autoperi.geometry.graph import edge_lengths, radius_graph
 
 MIN_DISTANCE = 0.5  # Å
@@ -119,19 +120,6 @@ _NEIGHBOUR_CUTOFF = 4.0  # Å; first search radius, doubled for atoms with no ne
 _MAX_NEIGHBOUR_CUTOFF = 64.0  # Å; an atom with no neighbour within this is "unbonded" (inf)
 
 
-@functools.lru_cache(maxsize=1)
-def covalent_radii() -> np.ndarray:
-    """Covalent radius of each element in Å indexed by Z, [MAX_Z + 1] (Cordero et al. 2008,
-    from the Magpie table); NaN where the table has no value (Z = 0 and Bk..Lr)."""
-    from autoperi.data.features import element_feature_names, element_features
-
-    table, missing = element_features(standardize=False)
-    column = element_feature_names().index("CovalentRadius")
-    radii = table[:, column].double().numpy() / 100.0  # pm -> Å
-    radii[missing[:, column].numpy()] = np.nan
-    return radii
-
-
 def _usable(structure: Structure, min_volume: float = MIN_VOLUME) -> bool:
     """A structure whose geometry can be searched: atoms, finite numbers, a real volume."""
     matrix = structure.lattice.matrix
@@ -213,6 +201,24 @@ def bond_ratios(structures: Sequence[Structure],
         z = np.asarray(s.atomic_numbers)
         expected = radii[z] + np.where(neighbour >= 0, radii[z[np.maximum(neighbour, 0)]], np.nan)
         out.append(dist / expected)
+    return out
+
+
+def shortest_relative_contacts(structures: Sequence[Structure],
+                               cutoff: float = 5.0) -> np.ndarray:
+    """Per structure, [S]: min over atom pairs (all periodic images, within `cutoff` Å) of
+    d_ij / (r_i + r_j), r the covalent radii. The relative form of the shortest contact: a
+    clash floor that holds for every element pair. NaN for unusable structures and pairs
+    with an unknown radius, inf where no pair is within the cutoff."""
+    radii = covalent_radii()
+    out = np.full(len(structures), np.nan)
+    usable = [k for k, s in enumerate(structures) if _usable(s)]
+    edges = periodic_edges([structures[k] for k in usable], cutoff)
+    for k, (target, source, length) in zip(usable, edges, strict=True):
+        z = np.asarray(structures[k].atomic_numbers)
+        ratio = length / (radii[z[target]] + radii[z[source]])
+        out[k] = np.nanmin(ratio) if len(ratio) and not np.isnan(ratio).all() else (
+            np.inf if not len(ratio) else np.nan)
     return out
 
 

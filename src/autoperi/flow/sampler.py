@@ -16,9 +16,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from autoperi.data.crystal import CrystalBatch
+from autoperi.data.features import covalent_radii
 from autoperi.flow.model import FlowModel
 from autoperi.flow.paths import MASKED_PATHS, carried_types, reveal_probability, y_to_lattice
-from autoperi.geometry.clash import clash_displacement
+from autoperi.geometry.clash import ClashFloor, resolve_clashes
 from autoperi.geometry.torus import wrap
 
 
@@ -48,8 +49,8 @@ class Request:
 def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str = "heun",
                 guidance: float = 1.0, generator: torch.Generator | None = None,
                 trajectory: bool = False, commit_at: float | None = None,
-                jump_at: float = 1.0, clash_distance: float = 0.0,
-                clash_after: float = 0.5) -> tuple[CrystalBatch, list[CrystalBatch]]:
+                jump_at: float = 1.0, clash: ClashFloor | None = None
+                ) -> tuple[CrystalBatch, list[CrystalBatch]]:
     """Integrate the flow; returns the crystals and (if asked) every intermediate state.
 
     commit_at (de novo): at the first step with t >= commit_at (or the last step before
@@ -61,8 +62,9 @@ def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str
     a time, each drawn from the model's predicted clean types (masked type paths).
     jump_at < 1: the `steps` steps cover [0, jump_at], then one Euler step jumps to t = 1
     (the model's clean prediction from jump_at).
-    clash_distance > 0 (Å): after every step that ends at t >= clash_after, atoms closer than
-    this are pushed apart along their axis (`geometry.clash.clash_displacement`). A
+    clash (`geometry.clash.ClashFloor`, None = off): after every step that ends at t >= clash.after,
+    atoms closer than their floor are pushed apart along their axis (`resolve_clashes`);
+    an atom not yet revealed counts as the element the model predicts for it. A
     sampling-time physical prior, not part of the learned model: it keeps two atoms off one
     site, but measured on Perov-5 the flow does not then move one of them to an empty site
     (BENCHMARKS.md, "Masked type path").
@@ -73,11 +75,9 @@ def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str
         raise ValueError(f"commit_at must be in [0, 1), got {commit_at}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    if clash_distance < 0 or not 0.0 <= clash_after <= 1.0:
-        raise ValueError(f"need clash_distance >= 0 and clash_after in [0, 1], got "
-                         f"{clash_distance}, {clash_after}")
     if method not in ("euler", "heun"):
         raise ValueError(f"method must be 'euler' or 'heun', got {method!r}")
+    clash = clash or ClashFloor()
     stats, device = model.stats, next(model.parameters()).device
     num_atoms = request.num_atoms.to(device)
     b, n, k = len(num_atoms), int(num_atoms.sum()), len(stats.vocab)
@@ -143,6 +143,9 @@ def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str
     states = []
     grid = [jump_at * k / steps for k in range(steps + 1)] + ([1.0] if jump_at < 1 else [])
     vocab = torch.tensor(stats.vocab)
+    # covalent radius per vocabulary entry; 0 (no radius floor) where the table has none
+    contact_radii = torch.nan_to_num(torch.as_tensor(covalent_radii()[list(stats.vocab)]),
+                                     nan=0.0).float().to(device)
     # the types are committed at the last step start before t = 1 at the latest
     commit_time = None if commit_at is None else min(commit_at, grid[-2])
     for k_step in range(len(grid) - 1):
@@ -170,13 +173,17 @@ def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str
                             zip((v.type_state, v.frac_coords, v.y),
                                 (v2.type_state, v2.frac_coords, v2.y))))
         state = step(state, v, dt)
-        if clash_distance > 0 and t + dt >= clash_after - 1e-9:
-            frac, lattice = state.frac_coords, y_to_lattice(state.y)
-            for _ in range(CLASH_PASSES):  # one pass resolves isolated pairs exactly
-                push = clash_displacement(frac, lattice, num_atoms, clash_distance)
-                if not bool(push.any()):
-                    break
-                frac = wrap(frac + push)
+        if clash.active and t + dt >= clash.after - 1e-9:
+            radii = None
+            if clash.scale > 0:
+                index = state.type_state.argmax(-1)
+                if not fixed_types:  # the model's element for atoms not decided yet
+                    predicted = logits.argmax(-1)
+                    index = torch.where(_hidden(state.type_state), predicted, index) if masked \
+                        else predicted
+                radii = clash.scale * contact_radii[index]
+            frac = resolve_clashes(state.frac_coords, y_to_lattice(state.y), num_atoms,
+                                   clash.distance, radii, CLASH_PASSES)
             state = FlowState(state.type_state, frac, state.y)
         if trajectory:
             states.append(_to_batch(model, state, num_atoms, request, penalty, logits))
@@ -184,7 +191,7 @@ def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str
     return final, states
 
 
-# clash pushes per step: pairs pushed into third atoms need a few more passes
+# clash pushes per step (`resolve_clashes`)
 CLASH_PASSES = 5
 
 # log-probability cost of changing an already revealed atom when decoding under a
