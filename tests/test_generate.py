@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -185,3 +186,44 @@ def test_shipped_models_load_and_generate_offline(name):
     else:  # Carbon-24 is a structure-prediction model
         out = predict_structures(["C8"], model, steps=2, progress=False)
     assert all(len(s) > 0 and s.lattice.volume > 0 for s in out)
+
+
+def test_relax_generated_relaxes_in_order_and_keeps_what_it_cannot_relax():
+    pytest.importorskip("chgnet")
+    from pymatgen.core import Lattice, Structure
+
+    from autoperi.generate import relax_generated
+
+    silicon = Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.43), ["Si"],
+                                        [[0, 0, 0]]).get_primitive_structure()
+    squeezed = silicon.copy()
+    squeezed.scale_lattice(silicon.volume * 0.88)
+    squeezed.properties = {"input_index": 0}
+    overlapping = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.05, 0, 0]])
+    overlapping.properties = {"input_index": 1}
+    out = relax_generated([squeezed, overlapping], fmax=0.05, steps=300, progress=False)
+    assert [s.properties["input_index"] for s in out] == [0, 1]
+    got = out[0].properties
+    assert got["relax_converged"] and got["energy_per_atom"] < got["energy_per_atom_generated"]
+    assert out[0].volume / squeezed.volume > 1.1  # expands back towards a = 5.45 Å
+    assert "relax_problem" not in got
+    assert "0.2" in out[1].properties["relax_problem"]  # the 0.20 Å contact, named
+    assert np.allclose(out[1].frac_coords, overlapping.frac_coords)  # kept as generated
+    assert "energy_per_atom" not in out[1].properties
+
+
+def test_cli_csp_relax_writes_energies_and_records_the_relaxation(run, tmp_path):
+    pytest.importorskip("chgnet")
+    formulas = tmp_path / "f.txt"
+    formulas.write_text("NaCl\nMgO\n")
+    out = tmp_path / "csp.extxyz"
+    assert main(["csp", str(formulas), "--model", str(run), "--steps", "2", "--out", str(out),
+                 "--relax", "--relax-steps", "2"]) == 0
+    meta = json.loads(Path(f"{out}.meta.json").read_text())
+    assert meta["relax"]["max_steps"] == 2 and meta["relax"]["potential"] == "CHGNet"
+    written = read_structures(out).structures
+    assert len(written) == 2
+    relaxed = [s for s in written if "energy_per_atom" in s.properties]
+    assert len(relaxed) + meta["relax"]["problems"] == 2
+    assert meta["relax"]["converged"] == sum(bool(s.properties["relax_converged"])
+                                             for s in relaxed)

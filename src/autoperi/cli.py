@@ -160,6 +160,14 @@ def _add_generation_options(p) -> None:
                    help="integrate to this flow time, then jump to the clean prediction "
                         "(1 = no jump; jumps raise match rates but yield P1 crystals)")
     add_clash_options(p)
+    p.add_argument("--relax", action="store_true",
+                   help="relax every structure (positions and cell) with CHGNet before "
+                        "writing it (needs the mlip extra); adds energy_per_atom_generated, "
+                        "energy_per_atom, relax_converged, or relax_problem")
+    p.add_argument("--relax-fmax", type=float, default=0.1, metavar="F",
+                   help="--relax stops at a largest force below F eV/Å (0.1)")
+    p.add_argument("--relax-steps", type=int, default=300, metavar="N",
+                   help="--relax stops after N FIRE steps (300)")
 
 
 def add_clash_options(p) -> None:
@@ -190,7 +198,21 @@ def _write_generated(structures, args, seconds: float, extra: dict) -> None:
     from autoperi.atomic import atomic_path
     from autoperi.checkpoint import resolve_model_path
     from autoperi.data.io import write_structures
+    from autoperi.generate import relax_generated, timed
 
+    relaxing = {}
+    if args.relax:
+        print(f"generated {len(structures)} structures in {seconds:.1f} s "
+              f"({len(structures) / seconds:.1f} structures/s); relaxing them with CHGNet")
+        structures, relax_seconds = timed(relax_generated, structures, args.relax_fmax,
+                                          args.relax_steps)
+        relaxing = {"relax": {
+            "potential": "CHGNet", "fmax": args.relax_fmax, "max_steps": args.relax_steps,
+            "seconds": round(relax_seconds, 2),
+            "converged": sum(bool(s.properties.get("relax_converged")) for s in structures),
+            "problems": sum("relax_problem" in s.properties for s in structures)}}
+        print(f"relaxed in {relax_seconds:.1f} s: {relaxing['relax']['converged']} converged, "
+              f"{relaxing['relax']['problems']} kept as generated (relax_problem)")
     path = write_structures(structures, args.out)
     model_dir = resolve_model_path(args.model)
     meta = {
@@ -198,12 +220,14 @@ def _write_generated(structures, args, seconds: float, extra: dict) -> None:
         "model": str(args.model or "mp-20"),
         "model_config": (model_dir / "config.yaml").read_text(),
         "seed": args.seed, "steps": args.steps, "method": args.method,
-        "structures": len(structures), "seconds": round(seconds, 2), **extra,
+        "structures": len(structures), "seconds": round(seconds, 2), **extra, **relaxing,
     }
     with atomic_path(f"{path}.meta.json") as tmp:
         tmp.write_text(json.dumps(meta, indent=1))
-    print(f"wrote {len(structures)} structures to {path} in {seconds:.1f} s "
-          f"({len(structures) / seconds:.1f} structures/s); settings in {path}.meta.json")
+    timing = "" if args.relax else (f" in {seconds:.1f} s "
+                                    f"({len(structures) / seconds:.1f} structures/s)")
+    print(f"wrote {len(structures)} structures to {path}{timing}; settings in "
+          f"{path}.meta.json")
 
 
 class _sample:
