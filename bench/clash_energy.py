@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from autoperi.checkpoint import load_model  # noqa: E402
-from autoperi.data.datasets import load_dataset  # noqa: E402
+from autoperi.data.datasets import training_dataset  # noqa: E402
 from autoperi.eval.energy import energies  # noqa: E402
 from autoperi.eval.validity import shortest_relative_contacts, structural_validity  # noqa: E402
 from autoperi.generate import clash_of, predict_structures, sample  # noqa: E402
@@ -43,9 +43,7 @@ def main() -> None:
     made = {}
     for name, clash in arms.items():
         if args.task == "csp":
-            inputs = load_dataset(config.data.dataset, seed=config.data.seed,
-                                  symprec=config.data.symprec,
-                                  max_atoms=config.data.max_atoms).structures("val")[: args.num]
+            inputs = training_dataset(config.data).structures("val")[: args.num]
             made[name] = predict_structures(inputs, model, 1, args.steps, seed=args.seed,
                                             progress=False, clash=clash)
         else:

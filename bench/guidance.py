@@ -49,10 +49,9 @@ def main() -> None:
     if args.chgnet_judge:
         from judge import ChgnetBoosted  # bench/judge.py
 
-        from autoperi.data.datasets import load_dataset
+        from autoperi.data.datasets import training_dataset
 
-        train = load_dataset(config.data.dataset, seed=config.data.seed, progress=False,
-                             symprec=config.data.symprec, max_atoms=config.data.max_atoms)
+        train = training_dataset(config.data, progress=False)
         chgnet = ChgnetBoosted(train.structures("train"), name)
     rows = []
     for label, targets, scale in [("unconditioned", None, 1.0)] + [

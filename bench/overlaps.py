@@ -22,7 +22,7 @@ import torch  # noqa: E402
 
 from autoperi.checkpoint import load_model  # noqa: E402
 from autoperi.data.crystal import CrystalBatch  # noqa: E402
-from autoperi.data.datasets import load_dataset  # noqa: E402
+from autoperi.data.datasets import training_dataset  # noqa: E402
 from autoperi.eval.validity import MIN_DISTANCE, minimum_distances  # noqa: E402
 from autoperi.flow.sampler import Request, sample_flow  # noqa: E402
 
@@ -56,8 +56,7 @@ def main() -> None:
                                                                 generator))
                     for lo in range(0, args.denovo, 256)]
     else:
-        dataset = load_dataset(config.data.dataset, seed=config.data.seed, progress=False,
-                               symprec=config.data.symprec, max_atoms=config.data.max_atoms)
+        dataset = training_dataset(config.data, progress=False)
         batch = CrystalBatch.from_structures(dataset.structures("val")[: args.num])
         requests = [Request(batch.num_atoms, batch.atomic_numbers)]
     parts, ranks = [], []

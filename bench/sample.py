@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from quality import csp_quality, denovo_quality  # noqa: E402 - bench/quality.py
 
 from autoperi.checkpoint import load_model  # noqa: E402
-from autoperi.data.datasets import load_dataset  # noqa: E402
+from autoperi.data.datasets import training_dataset  # noqa: E402
 from autoperi.generate import predict_structures, sample  # noqa: E402
 
 
@@ -48,8 +48,7 @@ def main() -> None:
     torch.set_num_threads(1)
 
     model, config = load_model(args.model)
-    dataset = load_dataset(config.data.dataset, seed=config.data.seed,
-                           symprec=config.data.symprec, max_atoms=config.data.max_atoms)
+    dataset = training_dataset(config.data)
     test = dataset.structures(args.split)[: args.num_test]
     rows = []
     for steps in args.steps:

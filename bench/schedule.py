@@ -24,7 +24,7 @@ from quality import csp_quality, denovo_quality  # noqa: E402 - bench/quality.py
 
 from autoperi.checkpoint import load_model  # noqa: E402
 from autoperi.cli import add_clash_options  # noqa: E402
-from autoperi.data.datasets import load_dataset  # noqa: E402
+from autoperi.data.datasets import training_dataset  # noqa: E402
 from autoperi.generate import clash_of, predict_structures, sample  # noqa: E402
 
 
@@ -44,8 +44,7 @@ def main() -> None:
     rows = []
     for name in args.models:
         model, config = load_model(name)
-        dataset = load_dataset(config.data.dataset, seed=config.data.seed,
-                               symprec=config.data.symprec, max_atoms=config.data.max_atoms)
+        dataset = training_dataset(config.data)
         inputs = dataset.structures(args.split)[: args.num_csp]
         clash = clash_of(model, args.clash_distance, args.clash_scale, args.clash_after)
         for setting in args.settings:

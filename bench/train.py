@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from autoperi.config import Config  # noqa: E402
-from autoperi.data.datasets import load_dataset  # noqa: E402
+from autoperi.data.datasets import training_dataset  # noqa: E402
 from autoperi.flow.losses import training_losses  # noqa: E402
 from autoperi.flow.model import FlowModel  # noqa: E402
 from autoperi.train import batch_indices, data_stats, native_bf16  # noqa: E402
@@ -75,8 +75,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = Config.load(args.config)
-    dataset = load_dataset(config.data.dataset, seed=config.data.seed,
-                           symprec=config.data.symprec, max_atoms=config.data.max_atoms)
+    dataset = training_dataset(config.data)
     torch.manual_seed(0)
     model = FlowModel(config.model, data_stats(dataset, config))
     roof32, roof16 = matmul_roof(torch.float32), matmul_roof(torch.bfloat16)

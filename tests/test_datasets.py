@@ -154,3 +154,17 @@ def test_symmetry_operations_map_each_crystal_onto_itself(tmp_path):
     groups = d.crystals.properties["spacegroup"]
     orders = dict(zip(groups.tolist(), d.symmetry_counts.tolist()))
     assert orders.get(225, 48) == 48 and orders.get(1, 1) == 1
+
+
+def test_training_dataset_splits_as_the_config_says(tmp_path, monkeypatch):
+    from autoperi.config import DataConfig
+    from autoperi.data.datasets import training_dataset
+
+    monkeypatch.setenv("AUTOPERI_CACHE", str(tmp_path))
+    data = DataConfig(dataset=str(SAMPLE), seed=3, max_atoms=12)
+    got = training_dataset(data, progress=False)
+    want = load_dataset(str(SAMPLE), seed=3, max_atoms=12, progress=False)
+    other = load_dataset(str(SAMPLE), seed=4, max_atoms=12, progress=False)
+    ids = lambda d: [s.properties.get("material_id") for s in d.structures("test")]  # noqa: E731
+    assert ids(got) == ids(want) and ids(got) != ids(other)
+    assert max(len(s) for s in got.structures()) <= 12

@@ -29,7 +29,7 @@ from autoperi.checkpoint import (
 )
 from autoperi.config import Config, parse_targets
 from autoperi.data.crystal import CrystalBatch
-from autoperi.data.datasets import CrystalDataset, load_dataset
+from autoperi.data.datasets import CrystalDataset, training_dataset
 from autoperi.data.features import PropertyScaler
 from autoperi.flow.losses import training_losses
 from autoperi.flow.model import DataStats, FlowModel
@@ -104,9 +104,7 @@ def train(config: Config, out: str | Path, resume: bool = False,
 
     if rank != 0:
         dist.barrier()  # rank 0 builds the dataset cache first; the others read it
-    dataset = load_dataset(config.data.dataset, seed=config.data.seed,
-                           symprec=config.data.symprec, max_atoms=config.data.max_atoms,
-                           progress=progress and rank == 0)
+    dataset = training_dataset(config.data, progress=progress and rank == 0)
     if rank == 0 and world > 1:
         dist.barrier()
     stats = data_stats(dataset, config)

@@ -192,6 +192,13 @@ def load_dataset(
     return dataset
 
 
+def training_dataset(data, progress: bool = True) -> CrystalDataset:
+    """The dataset a config's `data` section trains on, split as in training (same name,
+    split seed, symprec and max_atoms): what benchmarks of a trained model must load."""
+    return load_dataset(data.dataset, seed=data.seed, symprec=data.symprec,
+                        max_atoms=data.max_atoms, progress=progress)
+
+
 def build_dataset(config: DatasetConfig, progress: bool = True) -> CrystalDataset:
     """Read, clean, deduplicate and split (no cache)."""
     limits = Limits(max_atoms=config.max_atoms)
