@@ -2,7 +2,8 @@
 clash floors. Two figures per crystal: its shortest contact in Å (`model.clash_distance`
 ~ 0.9 x the 0.1st percentile) and its shortest contact relative to the two atoms' covalent
 radii, d_ij / (r_i + r_j) (`model.clash_scale` ~ 0.9 x the 0.1st percentile), which also
-holds for datasets whose short contacts are element-specific (O-H at 0.96 Å, Pb-I at 3 Å).
+holds for datasets whose short contacts are element-specific (MP-20: H-H 0.75 Å, O-H
+0.97 Å).
 Prints, writes JSON.
 
     python bench/contacts.py --dataset perov-5

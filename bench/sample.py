@@ -37,7 +37,8 @@ def main() -> None:
     parser.add_argument("--num-test", type=int, default=480)
     parser.add_argument("--num-denovo", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--out", default="bench/results",
+                        help="JSON file, or folder for sample_<model>.json")
     parser.add_argument("--csp-jump-at", type=float, default=1.0)
     parser.add_argument("--denovo-jump-at", type=float, default=1.0)
     parser.add_argument("--split", default="test",
@@ -84,7 +85,8 @@ def main() -> None:
                    f"{torch.__version__}, 1 thread",
     }
     print(_table(rows))
-    out = Path(args.out) / f"sample_{Path(args.model).name}.json"
+    out = Path(args.out)  # a .json file, or a folder for sample_<model>.json
+    out = out if out.suffix == ".json" else out / f"sample_{Path(args.model).name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out}")

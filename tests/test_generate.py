@@ -212,11 +212,15 @@ def test_relax_generated_relaxes_in_order_and_keeps_what_it_cannot_relax():
     assert "energy_per_atom" not in out[1].properties
 
 
-def test_cli_csp_relax_writes_energies_and_records_the_relaxation(run, tmp_path):
+def test_cli_csp_relax_writes_energies_and_records_the_relaxation(run, tmp_path, capsys):
     pytest.importorskip("chgnet")
     formulas = tmp_path / "f.txt"
     formulas.write_text("NaCl\nMgO\n")
     out = tmp_path / "csp.extxyz"
+    # a relax setting without --relax would do nothing: refused before sampling
+    assert main(["csp", str(formulas), "--model", str(run), "--steps", "2", "--out", str(out),
+                 "--relax-steps", "2"]) == 2
+    assert "--relax-steps need --relax" in capsys.readouterr().err and not out.exists()
     assert main(["csp", str(formulas), "--model", str(run), "--steps", "2", "--out", str(out),
                  "--relax", "--relax-steps", "2"]) == 0
     meta = json.loads(Path(f"{out}.meta.json").read_text())

@@ -164,9 +164,9 @@ def _add_generation_options(p) -> None:
                    help="relax every structure (positions and cell) with CHGNet before "
                         "writing it (needs the mlip extra); adds energy_per_atom_generated, "
                         "energy_per_atom, relax_converged, or relax_problem")
-    p.add_argument("--relax-fmax", type=float, default=0.1, metavar="F",
+    p.add_argument("--relax-fmax", type=float, metavar="F",
                    help="--relax stops at a largest force below F eV/Å (0.1)")
-    p.add_argument("--relax-steps", type=int, default=300, metavar="N",
+    p.add_argument("--relax-steps", type=int, metavar="N",
                    help="--relax stops after N FIRE steps (300)")
 
 
@@ -183,6 +183,20 @@ def add_clash_options(p) -> None:
                         "with both floors set the larger acts)")
     p.add_argument("--clash-after", type=float, default=0.5, metavar="T",
                    help="flow time from which the clash floors act (0.5)")
+
+
+def _check_relax_options(args) -> None:
+    """--relax-fmax / --relax-steps act only with --relax: refuse them without it (before
+    any sampling), else fill in their defaults."""
+    tuning = [f"--relax-{name}" for name, value in (("fmax", args.relax_fmax),
+                                                   ("steps", args.relax_steps))
+              if value is not None]
+    if tuning and not args.relax:
+        raise ValueError(f"{', '.join(tuning)} need --relax")
+    from autoperi.generate import RELAX_FMAX, RELAX_STEPS
+
+    args.relax_fmax = RELAX_FMAX if args.relax_fmax is None else args.relax_fmax
+    args.relax_steps = RELAX_STEPS if args.relax_steps is None else args.relax_steps
 
 
 def _clash_meta(clash) -> dict:
@@ -258,6 +272,8 @@ class _sample:
         from autoperi.config import parse_targets
         from autoperi.generate import clash_of, sample, timed
 
+        _check_relax_options(args)
+
         split = lambda text: [s for s in (text or "").split(",") if s.strip()]  # noqa: E731
         targets = parse_targets(args.target)
         model, _ = load_model(args.model, args.device)
@@ -292,6 +308,8 @@ class _csp:
         from autoperi.checkpoint import load_model
         from autoperi.data.io import ReadError, read_structures
         from autoperi.generate import clash_of, predict_structures, timed
+
+        _check_relax_options(args)
 
         path = Path(args.input)
         problems = []

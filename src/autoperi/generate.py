@@ -135,16 +135,22 @@ def predict_structures(compositions: Sequence[Composition | str | Structure],
     return out
 
 
-def relax_generated(structures: Sequence[Structure], fmax: float = 0.1, steps: int = 300,
-                    potential=None, progress: bool = True) -> list[Structure]:
+# defaults of `relax_generated` (and `autoperi sample/csp --relax`)
+RELAX_FMAX, RELAX_STEPS = 0.1, 300
+
+
+def relax_generated(structures: Sequence[Structure], fmax: float = RELAX_FMAX,
+                    steps: int = RELAX_STEPS, potential=None,
+                    progress: bool = True) -> list[Structure]:
     """The structures relaxed (positions and cell) with a pretrained potential (CHGNet by
     default, `eval.energy.relax`), in order, each carrying its properties plus
     energy_per_atom_generated / energy_per_atom (eV/atom, as generated / relaxed),
     relax_max_force (eV/Å, at the end) and relax_converged (1 if that force fell below fmax
     within `steps`, else 0). A structure the
     potential cannot take or fails on is kept as generated, with relax_problem saying why;
-    the others go on. Measured to raise CSP match rates and symmetry (BENCHMARKS.md,
-    "Relaxed samples"); not part of the generative model."""
+    the others go on. Not part of the generative model; it helps only where the data's
+    structures are minima of the potential (measured: MP-20 CSP match rate doubles,
+    Perov-5 and Carbon-24 fall; BENCHMARKS.md, "Relaxed samples")."""
     from autoperi.eval.energy import relax
 
     result = relax(structures, fmax=fmax, steps=steps, potential=potential, progress=progress)
@@ -174,7 +180,7 @@ def _charge_neutral(atomic_numbers: Sequence[int]) -> bool:
 
 
 def clash_of(model: FlowModel, distance: float | None = None, scale: float | None = None,
-             after: float = 0.5) -> ClashFloor:
+             after: float = ClashFloor.after) -> ClashFloor:
     """The clash floor a sampling call uses: each of distance and scale as given, else the
     model's default (`model.clash_distance`, `model.clash_scale`)."""
     return ClashFloor(model.config.clash_distance if distance is None else distance,

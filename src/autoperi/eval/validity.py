@@ -217,8 +217,10 @@ def shortest_relative_contacts(structures: Sequence[Structure],
     for k, (target, source, length) in zip(usable, edges, strict=True):
         z = np.asarray(structures[k].atomic_numbers)
         ratio = length / (radii[z[target]] + radii[z[source]])
-        out[k] = np.nanmin(ratio) if len(ratio) and not np.isnan(ratio).all() else (
-            np.inf if not len(ratio) else np.nan)
+        if not len(ratio):
+            out[k] = np.inf
+        elif not np.isnan(ratio).all():
+            out[k] = np.nanmin(ratio)
     return out
 
 

@@ -143,9 +143,9 @@ def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str
     states = []
     grid = [jump_at * k / steps for k in range(steps + 1)] + ([1.0] if jump_at < 1 else [])
     vocab = torch.tensor(stats.vocab)
-    # covalent radius per vocabulary entry; 0 (no radius floor) where the table has none
-    contact_radii = torch.nan_to_num(torch.as_tensor(covalent_radii()[list(stats.vocab)]),
-                                     nan=0.0).float().to(device)
+    if clash.scale > 0:  # covalent radius per vocabulary entry; 0 where the table has none
+        contact_radii = torch.nan_to_num(torch.as_tensor(covalent_radii()[list(stats.vocab)]),
+                                         nan=0.0).float().to(device)
     # the types are committed at the last step start before t = 1 at the latest
     commit_time = None if commit_at is None else min(commit_at, grid[-2])
     for k_step in range(len(grid) - 1):
@@ -183,16 +183,13 @@ def sample_flow(model: FlowModel, request: Request, steps: int = 50, method: str
                         else predicted
                 radii = clash.scale * contact_radii[index]
             frac = resolve_clashes(state.frac_coords, y_to_lattice(state.y), num_atoms,
-                                   clash.distance, radii, CLASH_PASSES)
+                                   clash.distance, radii)
             state = FlowState(state.type_state, frac, state.y)
         if trajectory:
             states.append(_to_batch(model, state, num_atoms, request, penalty, logits))
     final = _to_batch(model, state, num_atoms, request, penalty)
     return final, states
 
-
-# clash pushes per step (`resolve_clashes`)
-CLASH_PASSES = 5
 
 # log-probability cost of changing an already revealed atom when decoding under a
 # composition check: such atoms change only if no choice for the hidden ones passes (the
