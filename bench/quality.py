@@ -26,3 +26,18 @@ def denovo_quality(made, prefix: str = "", p1: bool = True, symprec: float = 0.1
     if p1:
         row["denovo_p1_share"] = p1_share(made, symprec)
     return row
+
+
+def generated_sets(model, config, split: str, num_csp: int, num_denovo: int, steps: int,
+                   seed: int) -> tuple[list, list, list]:
+    """(truth, CSP predictions for it, de novo samples) as the post-processing benches
+    (relaxed.py, symmetrized.py) score them: the first `num_csp` structures of the model's
+    own `split`, k = 1; de novo only for models that generate types."""
+    from autoperi.data.datasets import training_dataset
+    from autoperi.generate import predict_structures, sample
+
+    truth = training_dataset(config.data).structures(split)[:num_csp] if num_csp else []
+    csp = predict_structures(truth, model, 1, steps, seed=seed, progress=False) if truth else []
+    denovo = (sample(model, num_denovo, steps=steps, seed=seed, progress=False)
+              if num_denovo and config.flow.generate_types else [])
+    return truth, csp, denovo

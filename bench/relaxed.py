@@ -5,6 +5,7 @@ The relaxed figures are not comparable with published raw CSP numbers (DiffCSP, 
 score unrelaxed samples). Prints, writes JSON.
 
     python bench/relaxed.py --model mp-20 --num-csp 300 --num-denovo 300 --control 100
+    python bench/relaxed.py --model carbon-24 --num-csp 202 --pressure 10 --control 50
 """
 
 from __future__ import annotations
@@ -19,16 +20,15 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from quality import csp_quality, denovo_quality  # noqa: E402 - bench/quality.py
+from quality import csp_quality, denovo_quality, generated_sets  # noqa: E402 - bench/quality.py
 
 from autoperi.checkpoint import load_model  # noqa: E402
-from autoperi.data.datasets import training_dataset  # noqa: E402
-from autoperi.generate import predict_structures, relax_generated, sample  # noqa: E402
+from autoperi.generate import relax_generated  # noqa: E402
 
 
-def relaxed_figures(made, fmax, steps) -> tuple[list, dict]:
+def relaxed_figures(made, fmax, steps, pressure) -> tuple[list, dict]:
     start = time.perf_counter()
-    out = relax_generated(made, fmax=fmax, steps=steps, progress=False)
+    out = relax_generated(made, fmax=fmax, steps=steps, progress=False, pressure=pressure)
     e0 = np.array([s.properties.get("energy_per_atom_generated", np.nan) for s in out])
     e1 = np.array([s.properties.get("energy_per_atom", np.nan) for s in out])
     return out, {"relax_seconds": time.perf_counter() - start,
@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fmax", type=float, default=0.1)
     parser.add_argument("--relax-steps", type=int, default=300)
+    parser.add_argument("--pressure", type=float, default=0.0, help="GPa (Carbon-24: 10)")
     parser.add_argument("--control", type=int, default=0,
                         help="also relax this many true structures and match them to "
                              "themselves")
@@ -56,25 +57,23 @@ def main() -> None:
     torch.set_num_threads(1)
     model, config = load_model(args.model)
     row = {"model": args.model, "split": args.split, "steps": args.steps, "seed": args.seed,
-           "fmax": args.fmax, "relax_steps": args.relax_steps}
-    if args.num_csp:
-        truth = training_dataset(config.data).structures(args.split)
-        truth = truth[: args.num_csp]
-        made = predict_structures(truth, model, 1, args.steps, seed=args.seed, progress=False)
-        relaxed, figures = relaxed_figures(made, args.fmax, args.relax_steps)
-        row["csp"] = {"num": len(truth), "generated": csp_quality(made, truth),
+           "fmax": args.fmax, "relax_steps": args.relax_steps, "pressure_gpa": args.pressure}
+    truth, csp, denovo = generated_sets(model, config, args.split, args.num_csp,
+                                        args.num_denovo, args.steps, args.seed)
+    if truth:
+        relaxed, figures = relaxed_figures(csp, args.fmax, args.relax_steps, args.pressure)
+        row["csp"] = {"num": len(truth), "generated": csp_quality(csp, truth),
                       "relaxed": csp_quality(relaxed, truth), **figures}
         if args.control:  # the data's own structures relaxed: how far the potential's
             # minima lie from the data's (DFT) ones, whatever the model does
             ref = truth[: args.control]
-            moved, control = relaxed_figures(ref, args.fmax, args.relax_steps)
+            moved, control = relaxed_figures(ref, args.fmax, args.relax_steps, args.pressure)
             row["csp"]["control_relaxed_truth"] = {"num": len(ref),
                                                    **csp_quality(moved, ref), **control}
         print(json.dumps(row["csp"]), flush=True)
-    if args.num_denovo and config.flow.generate_types:
-        made = sample(model, args.num_denovo, steps=args.steps, seed=args.seed, progress=False)
-        relaxed, figures = relaxed_figures(made, args.fmax, args.relax_steps)
-        row["denovo"] = {"num": args.num_denovo, "generated": denovo_quality(made),
+    if denovo:
+        relaxed, figures = relaxed_figures(denovo, args.fmax, args.relax_steps, args.pressure)
+        row["denovo"] = {"num": args.num_denovo, "generated": denovo_quality(denovo),
                          "relaxed": denovo_quality(relaxed), **figures}
         print(json.dumps(row["denovo"]), flush=True)
     out = Path(args.out or f"bench/results/relaxed_{args.model}.json")

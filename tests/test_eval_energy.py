@@ -13,6 +13,7 @@ from ase.calculators.lj import LennardJones
 from ase.filters import FrechetCellFilter
 from ase.optimize import FIRE
 from ase.stress import voigt_6_to_full_3x3_stress
+from ase.units import GPa
 from pymatgen.analysis.phase_diagram import PDEntry
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.ase import AseAtomsAdaptor
@@ -84,10 +85,11 @@ def lj_crystals():
     return out
 
 
-def ase_relax(structure, calc, fmax, steps, cell=True):
+def ase_relax(structure, calc, fmax, steps, cell=True, pressure=0.0):
     atoms = AseAtomsAdaptor.get_atoms(structure)
     atoms.calc = calc
-    opt = FIRE(FrechetCellFilter(atoms) if cell else atoms, logfile=None)
+    opt = FIRE(FrechetCellFilter(atoms, scalar_pressure=pressure * GPa) if cell else atoms,
+               logfile=None)
     converged = opt.run(fmax=fmax, steps=steps)
     return atoms, opt.nsteps, converged
 
@@ -151,6 +153,25 @@ def test_relax_follows_ase_fire_exactly(relax_cell):
     if not relax_cell:
         for s, r in zip(structures, got.structures, strict=True):
             np.testing.assert_array_equal(r.lattice.matrix, s.lattice.matrix)
+
+
+def test_relax_under_pressure_follows_ase_and_shrinks_the_cell():
+    pot = LJPotential()
+    structures = lj_crystals()
+    free = relax(structures, fmax=0.05, steps=300, potential=pot)
+    squeezed = relax(structures, fmax=0.05, steps=300, potential=pot, pressure=5.0)
+    for k, s in enumerate(structures):
+        atoms, nsteps, converged = ase_relax(s, PotentialCalculator(pot), 0.05, 300,
+                                             pressure=5.0)
+        assert squeezed.steps[k] == nsteps and squeezed.converged[k] == converged
+        np.testing.assert_allclose(squeezed.structures[k].lattice.matrix, atoms.cell.array,
+                                   atol=1e-8)
+        # at the enthalpy minimum the stress balances the pressure: -trace(stress)/3 = p
+        stress = voigt_6_to_full_3x3_stress(atoms.get_stress())
+        assert -np.trace(stress) / 3 / GPa == pytest.approx(5.0, abs=0.5)
+        assert squeezed.structures[k].volume < free.structures[k].volume
+        # reported energies stay E, not E + pV: above the zero-pressure minimum's
+        assert squeezed.e_relaxed[k] > free.e_relaxed[k]
 
 
 def test_batched_relax_equals_one_by_one_in_float64():

@@ -210,6 +210,9 @@ def test_relax_generated_relaxes_in_order_and_keeps_what_it_cannot_relax():
     assert "0.2" in out[1].properties["relax_problem"]  # the 0.20 Å contact, named
     assert np.allclose(out[1].frac_coords, overlapping.frac_coords)  # kept as generated
     assert "energy_per_atom" not in out[1].properties
+    # under 50 GPa silicon stays denser than at 0 (diamond Si's bulk modulus is ~100 GPa)
+    pressed = relax_generated([squeezed], fmax=0.05, steps=300, progress=False, pressure=50)
+    assert pressed[0].volume < 0.9 * out[0].volume
 
 
 def test_cli_csp_relax_writes_energies_and_records_the_relaxation(run, tmp_path, capsys):
@@ -222,12 +225,74 @@ def test_cli_csp_relax_writes_energies_and_records_the_relaxation(run, tmp_path,
                  "--relax-steps", "2"]) == 2
     assert "--relax-steps need --relax" in capsys.readouterr().err and not out.exists()
     assert main(["csp", str(formulas), "--model", str(run), "--steps", "2", "--out", str(out),
-                 "--relax", "--relax-steps", "2"]) == 0
+                 "--relax-pressure", "10"]) == 2
+    assert "--relax-pressure need --relax" in capsys.readouterr().err and not out.exists()
+    assert main(["csp", str(formulas), "--model", str(run), "--steps", "2", "--out", str(out),
+                 "--relax", "--relax-steps", "2", "--relax-pressure", "10"]) == 0
     meta = json.loads(Path(f"{out}.meta.json").read_text())
     assert meta["relax"]["max_steps"] == 2 and meta["relax"]["potential"] == "CHGNet"
+    assert meta["relax"]["pressure_gpa"] == 10
     written = read_structures(out).structures
     assert len(written) == 2
     relaxed = [s for s in written if "energy_per_atom" in s.properties]
     assert len(relaxed) + meta["relax"]["problems"] == 2
     assert meta["relax"]["converged"] == sum(bool(s.properties["relax_converged"])
                                              for s in relaxed)
+
+
+def test_symmetrize_generated_snaps_noise_away_and_keeps_what_it_cannot_snap():
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.core import Lattice, Structure
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    from autoperi.generate import symmetrize_generated
+
+    # rock salt, conventional cell: no free parameter, so snapping can remove all the noise
+    salt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"],
+                                     [[0, 0, 0], [0.5, 0.5, 0.5]])
+    noise = np.random.default_rng(0).normal(0, 0.02, (len(salt), 3))
+    noisy = Structure(salt.lattice, salt.species, salt.cart_coords + noise,
+                      coords_are_cartesian=True)
+    noisy.properties = {"input_index": 0}
+    overlapping = Structure(Lattice.cubic(4.0), ["Na", "Na"], [[0, 0, 0], [0, 0, 0]])
+    overlapping.properties = {"input_index": 1}
+    # spglib compares atoms with their images: the tolerance must cover twice the noise
+    snapped, kept = symmetrize_generated([noisy, overlapping], symprec=0.2)
+    assert SpacegroupAnalyzer(noisy, symprec=0.01).get_space_group_number() == 1
+    assert snapped.properties["spacegroup"] == 225 and snapped.properties["input_index"] == 0
+    # exact symmetry now, the same atoms in the same order, each moved by less than the noise
+    assert SpacegroupAnalyzer(snapped, symprec=1e-5).get_space_group_number() == 225
+    assert [site.specie for site in snapped] == [site.specie for site in noisy]
+    moved = noisy.lattice.get_all_distances(noisy.frac_coords, snapped.frac_coords).diagonal()
+    assert np.isclose(moved.max(), snapped.properties["symmetrize_max_shift"], atol=1e-3)
+    assert 0.005 < moved.max() < 0.1
+    assert np.allclose(snapped.lattice.abc, 5.64) and np.allclose(snapped.lattice.angles, 90)
+    # the ideal crystal again, up to a translation (the noise averaged over the group)
+    matcher = StructureMatcher(primitive_cell=False, scale=False)
+    assert matcher.get_rms_dist(noisy, salt)[0] > 0.01
+    assert matcher.get_rms_dist(snapped, salt)[0] < 1e-6
+    # a tolerance below the noise finds nothing to snap to
+    tight = symmetrize_generated([noisy], symprec=1e-4)[0]
+    assert tight.properties["spacegroup"] == 1
+    assert tight.properties["symmetrize_max_shift"] < 1e-6
+    assert "too close" in kept.properties["symmetrize_problem"]
+    assert kept.properties["input_index"] == 1 and "spacegroup" not in kept.properties
+
+
+def test_cli_sample_symmetrize_records_the_tolerance(run, tmp_path, capsys):
+    out = tmp_path / "s.extxyz"
+    with pytest.raises(SystemExit):  # argparse refuses it before any sampling
+        main(["sample", "--model", str(run), "--num", "3", "--steps", "2", "--out", str(out),
+              "--symmetrize", "-1"])
+    assert "positive tolerance" in capsys.readouterr().err and not out.exists()
+    assert main(["sample", "--model", str(run), "--num", "3", "--steps", "2", "--out",
+                 str(out), "--symmetrize"]) == 0
+    meta = json.loads(Path(f"{out}.meta.json").read_text())
+    assert meta["symmetrize"]["symprec"] == 0.1  # the flag alone: the default tolerance
+    assert main(["sample", "--model", str(run), "--num", "3", "--steps", "2", "--out",
+                 str(out), "--symmetrize", "0.3"]) == 0
+    meta = json.loads(Path(f"{out}.meta.json").read_text())
+    assert meta["symmetrize"]["symprec"] == 0.3 and meta["structures"] == 3
+    snapped = [s for s in read_structures(out).structures if "spacegroup" in s.properties]
+    assert snapped and all(1 <= s.properties["spacegroup"] <= 230 for s in snapped)
+    assert len(snapped) <= 3 - meta["symmetrize"]["problems"]

@@ -168,6 +168,24 @@ def _add_generation_options(p) -> None:
                    help="--relax stops at a largest force below F eV/Å (0.1)")
     p.add_argument("--relax-steps", type=int, metavar="N",
                    help="--relax stops after N FIRE steps (300)")
+    p.add_argument("--relax-pressure", type=float, metavar="P",
+                   help="--relax at a hydrostatic pressure of P GPa (0; Carbon-24 was "
+                        "made at 10)")
+    p.add_argument("--symmetrize", nargs="?", const="default", type=_symprec, metavar="PREC",
+                   help="snap every structure (after --relax) to the symmetry spglib finds "
+                        "at PREC Å (0.1 if no value is given); adds spacegroup and "
+                        "symmetrize_max_shift, or symmetrize_problem")
+
+
+def _symprec(text: str):
+    """--symmetrize's value: Å, or "default" when the flag is given alone (argparse passes
+    the constant through the type too)."""
+    if text == "default":
+        return text
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"PREC must be a positive tolerance in Å, got {text}")
+    return value
 
 
 def add_clash_options(p) -> None:
@@ -189,7 +207,8 @@ def _check_relax_options(args) -> None:
     """--relax-fmax / --relax-steps act only with --relax: refuse them without it (before
     any sampling), else fill in their defaults."""
     tuning = [f"--relax-{name}" for name, value in (("fmax", args.relax_fmax),
-                                                   ("steps", args.relax_steps))
+                                                   ("steps", args.relax_steps),
+                                                   ("pressure", args.relax_pressure))
               if value is not None]
     if tuning and not args.relax:
         raise ValueError(f"{', '.join(tuning)} need --relax")
@@ -197,6 +216,7 @@ def _check_relax_options(args) -> None:
 
     args.relax_fmax = RELAX_FMAX if args.relax_fmax is None else args.relax_fmax
     args.relax_steps = RELAX_STEPS if args.relax_steps is None else args.relax_steps
+    args.relax_pressure = args.relax_pressure or 0.0
 
 
 def _clash_meta(clash) -> dict:
@@ -212,21 +232,30 @@ def _write_generated(structures, args, seconds: float, extra: dict) -> None:
     from autoperi.atomic import atomic_path
     from autoperi.checkpoint import resolve_model_path
     from autoperi.data.io import write_structures
-    from autoperi.generate import relax_generated, timed
+    from autoperi.generate import SYMMETRIZE_SYMPREC, relax_generated, symmetrize_generated, timed
 
-    relaxing = {}
+    post = {}
     if args.relax:
         print(f"generated {len(structures)} structures in {seconds:.1f} s "
               f"({len(structures) / seconds:.1f} structures/s); relaxing them with CHGNet")
         structures, relax_seconds = timed(relax_generated, structures, args.relax_fmax,
-                                          args.relax_steps)
-        relaxing = {"relax": {
+                                          args.relax_steps, pressure=args.relax_pressure)
+        post = {"relax": {
             "potential": "CHGNet", "fmax": args.relax_fmax, "max_steps": args.relax_steps,
+            "pressure_gpa": args.relax_pressure,
             "seconds": round(relax_seconds, 2),
             "converged": sum(bool(s.properties.get("relax_converged")) for s in structures),
             "problems": sum("relax_problem" in s.properties for s in structures)}}
-        print(f"relaxed in {relax_seconds:.1f} s: {relaxing['relax']['converged']} converged, "
-              f"{relaxing['relax']['problems']} kept as generated (relax_problem)")
+        print(f"relaxed in {relax_seconds:.1f} s: {post['relax']['converged']} converged, "
+              f"{post['relax']['problems']} kept as generated (relax_problem)")
+    if args.symmetrize is not None:
+        symprec = SYMMETRIZE_SYMPREC if args.symmetrize == "default" else args.symmetrize
+        structures, sym_seconds = timed(symmetrize_generated, structures, symprec)
+        snapped = sum("symmetrize_problem" not in s.properties for s in structures)
+        post["symmetrize"] = {"symprec": symprec, "seconds": round(sym_seconds, 2),
+                              "problems": len(structures) - snapped}
+        print(f"symmetrized {snapped} of {len(structures)} structures at {symprec} Å "
+              f"({len(structures) - snapped} kept as generated, symmetrize_problem)")
     path = write_structures(structures, args.out)
     model_dir = resolve_model_path(args.model)
     meta = {
@@ -234,7 +263,7 @@ def _write_generated(structures, args, seconds: float, extra: dict) -> None:
         "model": str(args.model or "mp-20"),
         "model_config": (model_dir / "config.yaml").read_text(),
         "seed": args.seed, "steps": args.steps, "method": args.method,
-        "structures": len(structures), "seconds": round(seconds, 2), **extra, **relaxing,
+        "structures": len(structures), "seconds": round(seconds, 2), **extra, **post,
     }
     with atomic_path(f"{path}.meta.json") as tmp:
         tmp.write_text(json.dumps(meta, indent=1))

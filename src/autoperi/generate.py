@@ -141,19 +141,21 @@ RELAX_FMAX, RELAX_STEPS = 0.1, 300
 
 def relax_generated(structures: Sequence[Structure], fmax: float = RELAX_FMAX,
                     steps: int = RELAX_STEPS, potential=None,
-                    progress: bool = True) -> list[Structure]:
+                    progress: bool = True, pressure: float = 0.0) -> list[Structure]:
     """The structures relaxed (positions and cell) with a pretrained potential (CHGNet by
     default, `eval.energy.relax`), in order, each carrying its properties plus
     energy_per_atom_generated / energy_per_atom (eV/atom, as generated / relaxed),
     relax_max_force (eV/Å, at the end) and relax_converged (1 if that force fell below fmax
-    within `steps`, else 0). A structure the
+    within `steps`, else 0); `pressure` (GPa) relaxes towards the enthalpy minimum at that
+    hydrostatic pressure (e.g. the 10 GPa at which Carbon-24 was made). A structure the
     potential cannot take or fails on is kept as generated, with relax_problem saying why;
     the others go on. Not part of the generative model; it helps only where the data's
     structures are minima of the potential (measured: MP-20 CSP match rate doubles,
     Perov-5 and Carbon-24 fall; BENCHMARKS.md, "Relaxed samples")."""
     from autoperi.eval.energy import relax
 
-    result = relax(structures, fmax=fmax, steps=steps, potential=potential, progress=progress)
+    result = relax(structures, fmax=fmax, steps=steps, potential=potential, progress=progress,
+                   pressure=pressure)
     out = []
     for k, (given, moved) in enumerate(zip(structures, result.structures, strict=True)):
         failed = result.reasons[k] is not None or moved is None
@@ -168,6 +170,49 @@ def relax_generated(structures: Sequence[Structure], fmax: float = RELAX_FMAX,
                 # 1/0, not a bool: every output format keeps numbers
                 "relax_converged": int(result.converged[k]),
                 "relax_max_force": float(result.max_force[k])})
+        out.append(done)
+    return out
+
+
+SYMMETRIZE_SYMPREC = 0.1
+
+
+def symmetrize_generated(structures: Sequence[Structure],
+                         symprec: float = SYMMETRIZE_SYMPREC) -> list[Structure]:
+    """The structures snapped to the symmetry spglib finds at `symprec` Å (ASE's
+    `refine_symmetry`: the cell and each orbit of atoms are averaged over the operations, so
+    the atoms, their order and the cell's orientation stay), in order. Each carries its
+    properties plus spacegroup (the international number it has afterwards) and
+    symmetrize_max_shift (Å, the largest move of an atom, minimum image). A structure spglib
+    cannot take, or whose snapped form fails structural validity's distance, is kept as generated
+    with symmetrize_problem saying why; the others go on. It removes noise, it cannot
+    create symmetry the model did not almost make (BENCHMARKS.md, "Symmetrized samples")."""
+    from ase.spacegroup.symmetrize import refine_symmetry
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from autoperi.eval.validity import MIN_DISTANCE, minimum_distances
+
+    out = []
+    for given in structures:
+        atoms = AseAtomsAdaptor.get_atoms(given)
+        atoms.info.clear()  # the properties travel separately, not through ASE
+        problem = None
+        try:
+            dataset = refine_symmetry(atoms, symprec=symprec)
+            snapped = AseAtomsAdaptor.get_structure(atoms)
+            if minimum_distances([snapped])[0] < MIN_DISTANCE:
+                problem = (f"atoms closer than {MIN_DISTANCE} Å after snapping at "
+                           f"symprec {symprec}")
+        except Exception as exc:  # noqa: BLE001 - spglib's errors are plain RuntimeErrors
+            problem = f"spglib at symprec {symprec}: {exc}"
+        if problem is None:
+            done = snapped
+            shift = given.lattice.get_all_distances(given.frac_coords, snapped.frac_coords)
+            done.properties = {**given.properties, "spacegroup": int(dataset.number),
+                               "symmetrize_max_shift": float(shift.diagonal().max())}
+        else:
+            done = given.copy()
+            done.properties = {**given.properties, "symmetrize_problem": problem}
         out.append(done)
     return out
 

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
+from ase.units import GPa
 from pymatgen.core import Composition, Lattice, Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 from tqdm.auto import tqdm
@@ -458,7 +459,7 @@ def generalized_forces(forces: np.ndarray, stress: np.ndarray, lattice: np.ndarr
 def relax(structures: Sequence[Structure], fmax: float = 0.1, steps: int = 500,
           relax_cell: bool = True, potential: Potential | None = None,
           batch_size: int = 32, fire: FireParams = FireParams(),
-          progress: bool = True) -> RelaxResult:
+          progress: bool = True, pressure: float = 0.0) -> RelaxResult:
     """Relax positions (and the cell) of each structure with the potential, batched.
 
     Up to `batch_size` structures are in flight; each step evaluates them all in one
@@ -468,7 +469,8 @@ def relax(structures: Sequence[Structure], fmax: float = 0.1, steps: int = 500,
     generalized force is below `fmax` eV/Å (converged) or after `steps` steps. One that
     explodes (non-finite energy or forces, volume changed more than 10x, atoms closer than
     0.5 Å, absurd density, or a failure of the potential) stops with a reason; the batch
-    goes on.
+    goes on. `pressure` (GPa, hydrostatic, as ASE's `scalar_pressure`) makes the cell
+    minimise the enthalpy E + pV; the energies reported stay E.
     """
     if fmax <= 0 or steps < 0 or batch_size < 1:
         raise ValueError(f"need fmax > 0, steps >= 0, batch_size >= 1; got {fmax}, {steps},"
@@ -492,7 +494,8 @@ def relax(structures: Sequence[Structure], fmax: float = 0.1, steps: int = 500,
         if new:  # waiting structures take the places of finished ones
             started = _Flight.start(new, structures, fire)
             flight = started if flight is None else flight.join(started)
-        done = _relax_step(flight, structures, pot, fmax, steps, relax_cell, fire, result)
+        done = _relax_step(flight, structures, pot, fmax, steps, relax_cell, fire, result,
+                           pressure * GPa)
         bar.update(int(done.sum()))
         flight = flight.take(~done)
     bar.close()
@@ -500,9 +503,10 @@ def relax(structures: Sequence[Structure], fmax: float = 0.1, steps: int = 500,
 
 
 def _relax_step(flight: _Flight, structures, pot: Potential, fmax: float, max_steps: int,
-                relax_cell: bool, fire: FireParams, result: dict) -> np.ndarray:
-    """Evaluate every structure in flight once, record the finished ones, step the rest.
-    Returns the finished mask [B]."""
+                relax_cell: bool, fire: FireParams, result: dict,
+                pressure: float = 0.0) -> np.ndarray:
+    """Evaluate every structure in flight once, record the finished ones, step the rest
+    (`pressure` in eV/Å^3). Returns the finished mask [B]."""
     b = len(flight)
     deform = _expm(flight.log_deform)  # [B, 3, 3]
     deform_t = np.swapaxes(deform, 1, 2)
@@ -531,8 +535,9 @@ def _relax_step(flight: _Flight, structures, pot: Potential, fmax: float, max_st
             problems[j] = "non-finite energy, forces or stress"
     first = flight.steps == 0
     flight.e0[first] = energy[first]
-    g_atoms, g_cell = generalized_forces(forces, stress, lattice, flight.log_deform,
-                                         flight.cell_factor)
+    # an external pressure p adds p to the stress the cell feels (the pV of the enthalpy)
+    g_atoms, g_cell = generalized_forces(forces, stress + pressure * np.eye(3), lattice,
+                                         flight.log_deform, flight.cell_factor)
     if not relax_cell:
         g_cell[:] = 0.0
     fnorm = np.maximum(np.linalg.norm(g_atoms, axis=2).max(axis=1),
