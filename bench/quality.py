@@ -1,7 +1,8 @@
-"""Quality columns shared by the sampling benchmarks (sample.py, schedule.py): CSP match
+"""Quality columns shared by the sampling benchmarks (sample.py, schedule.py, ...): CSP match
 rate / RMSE (StructureMatcher stol 0.5, ltol 0.3, angle 10, k = 1), validity, and the share
 of crystals spglib finds no symmetry in (P1; symprec 0.1 Å unless given; the bundled data:
-~0 %)."""
+~0 %); and the generated sets the post-processing benches (relaxed.py, symmetrized.py)
+score before and after."""
 
 from __future__ import annotations
 

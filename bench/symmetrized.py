@@ -21,6 +21,7 @@ import torch  # noqa: E402
 from quality import csp_quality, denovo_quality, generated_sets  # noqa: E402 - bench/quality.py
 
 from autoperi.checkpoint import load_model  # noqa: E402
+from autoperi.eval.energy import energies  # noqa: E402
 from autoperi.generate import symmetrize_generated  # noqa: E402
 
 
@@ -28,14 +29,13 @@ def snapped_figures(made, symprec: float, energy_before) -> tuple[list, dict]:
     start = time.perf_counter()
     out = symmetrize_generated(made, symprec)
     seconds = time.perf_counter() - start
-    shifts = [s.properties["symmetrize_max_shift"] for s in out
-              if "symmetrize_max_shift" in s.properties]
+    shifts = np.array([s.properties["symmetrize_max_shift"] for s in out
+                       if "symmetrize_max_shift" in s.properties])
+    moved = shifts[shifts > 1e-6]  # crystals that found symmetry to snap to
     figures = {"symprec": symprec, "ms_per_structure": 1000 * seconds / len(made),
-               "problems": len(made) - len(shifts),
-               "median_max_shift": float(np.median(shifts)) if shifts else None}
+               "problems": len(made) - len(shifts), "moved_share": len(moved) / len(made),
+               "median_max_shift_of_moved": float(np.median(moved)) if len(moved) else None}
     if energy_before is not None:
-        from autoperi.eval.energy import energies
-
         change = np.asarray(energies(out, progress=False)) - energy_before
         figures.update({"median_energy_change_ev_per_atom": float(np.nanmedian(change)),
                         "energy_higher_share": float(np.mean(change > 1e-3)),
@@ -45,16 +45,13 @@ def snapped_figures(made, symprec: float, energy_before) -> tuple[list, dict]:
 
 def scored(made, symprecs, score, with_energies: bool) -> dict:
     """{"generated": score(made), "<symprec>": {...score(snapped), figures}}."""
-    before = None
-    if with_energies:
-        from autoperi.eval.energy import energies
-
-        before = np.asarray(energies(made, progress=False))
+    before = np.asarray(energies(made, progress=False)) if with_energies else None
     row = {"num": len(made), "generated": score(made)}
     for symprec in symprecs:
         snapped, figures = snapped_figures(made, symprec, before)
-        row[f"{symprec:g}"] = {**score(snapped), **figures}
-        print(json.dumps({f"{symprec:g}": row[f"{symprec:g}"]}), flush=True)
+        key = f"{symprec:g}"
+        row[key] = {**score(snapped), **figures}
+        print(json.dumps({key: row[key]}), flush=True)
     return row
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 
 from autoperi import __version__
@@ -168,23 +169,32 @@ def _add_generation_options(p) -> None:
                    help="--relax stops at a largest force below F eV/Å (0.1)")
     p.add_argument("--relax-steps", type=int, metavar="N",
                    help="--relax stops after N FIRE steps (300)")
-    p.add_argument("--relax-pressure", type=float, metavar="P",
+    p.add_argument("--relax-pressure", type=finite, metavar="P",
                    help="--relax at a hydrostatic pressure of P GPa (0; Carbon-24 was "
                         "made at 10)")
-    p.add_argument("--symmetrize", nargs="?", const="default", type=_symprec, metavar="PREC",
-                   help="snap every structure (after --relax) to the symmetry spglib finds "
-                        "at PREC Å (0.1 if no value is given); adds spacegroup and "
-                        "symmetrize_max_shift, or symmetrize_problem")
+    p.add_argument("--symmetrize", nargs="?", const="default", type=tolerance, metavar="PREC",
+                   help="snap every structure to the symmetry spglib finds at PREC Å (0.1 "
+                        "if no value is given); adds spacegroup and symmetrize_max_shift, or "
+                        "symmetrize_problem. After --relax: the relax_* and energy values "
+                        "are those of the relaxed structure before snapping")
 
 
-def _symprec(text: str):
-    """--symmetrize's value: Å, or "default" when the flag is given alone (argparse passes
-    the constant through the type too)."""
+def tolerance(text: str):
+    """--symmetrize's value: a positive, finite tolerance in Å, or "default" when the flag is
+    given alone (argparse passes the constant through the type too)."""
     if text == "default":
         return text
-    value = float(text)
+    value = finite(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"PREC must be a positive tolerance in Å, got {text}")
+    return value
+
+
+def finite(text: str) -> float:
+    """A finite number (argparse's float takes nan and inf)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"need a finite number, got {text}")
     return value
 
 
@@ -232,7 +242,8 @@ def _write_generated(structures, args, seconds: float, extra: dict) -> None:
     from autoperi.atomic import atomic_path
     from autoperi.checkpoint import resolve_model_path
     from autoperi.data.io import write_structures
-    from autoperi.generate import SYMMETRIZE_SYMPREC, relax_generated, symmetrize_generated, timed
+    from autoperi.eval.distribution import SYMPREC
+    from autoperi.generate import relax_generated, symmetrize_generated, timed
 
     post = {}
     if args.relax:
@@ -249,7 +260,7 @@ def _write_generated(structures, args, seconds: float, extra: dict) -> None:
         print(f"relaxed in {relax_seconds:.1f} s: {post['relax']['converged']} converged, "
               f"{post['relax']['problems']} kept as generated (relax_problem)")
     if args.symmetrize is not None:
-        symprec = SYMMETRIZE_SYMPREC if args.symmetrize == "default" else args.symmetrize
+        symprec = SYMPREC if args.symmetrize == "default" else args.symmetrize
         structures, sym_seconds = timed(symmetrize_generated, structures, symprec)
         snapped = sum("symmetrize_problem" not in s.properties for s in structures)
         post["symmetrize"] = {"symprec": symprec, "seconds": round(sym_seconds, 2),

@@ -469,8 +469,9 @@ def relax(structures: Sequence[Structure], fmax: float = 0.1, steps: int = 500,
     generalized force is below `fmax` eV/Å (converged) or after `steps` steps. One that
     explodes (non-finite energy or forces, volume changed more than 10x, atoms closer than
     0.5 Å, absurd density, or a failure of the potential) stops with a reason; the batch
-    goes on. `pressure` (GPa, hydrostatic, as ASE's `scalar_pressure`) makes the cell
-    minimise the enthalpy E + pV; the energies reported stay E.
+    goes on. `pressure` (GPa, hydrostatic; ASE's `scalar_pressure` is pressure x
+    ase.units.GPa, in eV/Å^3) makes the cell minimise the enthalpy E + pV; the energies
+    reported stay E.
     """
     if fmax <= 0 or steps < 0 or batch_size < 1:
         raise ValueError(f"need fmax > 0, steps >= 0, batch_size >= 1; got {fmax}, {steps},"
