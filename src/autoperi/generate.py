@@ -210,10 +210,10 @@ def _snapped(given: Structure, symprec: float) -> tuple[Structure | None, str | 
     from ase.spacegroup.symmetrize import check_symmetry, refine_symmetry
     from pymatgen.io.ase import AseAtomsAdaptor
 
+    from autoperi.data.checks import is_finite
     from autoperi.eval.validity import MIN_DISTANCE, minimum_distances
 
-    # spglib crashes the process on non-finite input: check before calling it
-    if not (np.isfinite(given.lattice.matrix).all() and np.isfinite(given.frac_coords).all()):
+    if not is_finite(given):  # before spglib, which would crash the process
         return None, "non-finite cell or coordinates"
     if not given.is_ordered or len(given) == 0:
         return None, "not an ordered structure with atoms"

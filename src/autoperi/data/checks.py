@@ -26,6 +26,13 @@ class Limits:
     max_file_bytes: int = 2 << 30  # a larger file is refused before it is read
 
 
+def is_finite(structure: Structure) -> bool:
+    """True if the lattice and every coordinate are finite (spglib, called on NaN, crashes the
+    whole process instead of raising)."""
+    return bool(np.isfinite(structure.lattice.matrix).all()
+                and np.isfinite(structure.frac_coords).all())
+
+
 def structure_problems(structure: Structure, limits: Limits = Limits()) -> list[str]:
     """Reasons why `structure` is not a usable ordered periodic crystal (empty if it is)."""
     n = len(structure)

@@ -22,7 +22,7 @@ from scipy.stats import wasserstein_distance
 from tqdm.auto import tqdm
 
 from autoperi.atomic import atomic_path
-from autoperi.data.checks import exact_key
+from autoperi.data.checks import exact_key, is_finite
 from autoperi.data.features import composition_features
 from autoperi.eval.novelty import MAX_Z, element_fractions, parallel_map
 
@@ -64,12 +64,14 @@ def num_elements(structures: Sequence[Structure]) -> np.ndarray:
 def space_groups(structures: Sequence[Structure], symprec: float = SYMPREC,
                  progress: bool = True) -> np.ndarray:
     """International space-group number (spglib via SpacegroupAnalyzer), [S]; 0 where
-    spglib finds none."""
+    spglib finds none or the structure is not finite."""
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
     out = np.zeros(len(structures), dtype=int)
     for k, s in enumerate(tqdm(structures, desc="space groups", leave=False,
                                disable=not progress or len(structures) < 500)):
+        if not is_finite(s):
+            continue  # 0; spglib would crash the process
         try:
             out[k] = SpacegroupAnalyzer(s, symprec=symprec).get_space_group_number()
         except Exception:  # noqa: BLE001 - spglib fails on degenerate cells: "unknown"
