@@ -29,16 +29,29 @@ def denovo_quality(made, prefix: str = "", p1: bool = True, symprec: float = 0.1
     return row
 
 
-def generated_sets(model, config, split: str, num_csp: int, num_denovo: int, steps: int,
-                   seed: int) -> tuple[list, list, list]:
+def add_set_options(parser, num: int = 300) -> None:
+    """The options `generated_sets` reads: --model, --split, --num-csp, --num-denovo, --steps,
+    --seed."""
+    parser.add_argument("--model", default="mp-20")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--num-csp", type=int, default=num)
+    parser.add_argument("--num-denovo", type=int, default=num)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def generated_sets(model, config, args) -> tuple[list, list, list]:
     """(truth, CSP predictions for it, de novo samples) as the post-processing benches
-    (relaxed.py, symmetrized.py) score them: the first `num_csp` structures of the model's
-    own `split`, k = 1; de novo only for models that generate types."""
+    (relaxed.py, symmetrized.py) score them, per the `add_set_options` of `args`: the first
+    `num_csp` structures of the model's own `split`, k = 1; de novo only for models that
+    generate types."""
     from autoperi.data.datasets import training_dataset
     from autoperi.generate import predict_structures, sample
 
-    truth = training_dataset(config.data).structures(split)[:num_csp] if num_csp else []
-    csp = predict_structures(truth, model, 1, steps, seed=seed, progress=False) if truth else []
-    denovo = (sample(model, num_denovo, steps=steps, seed=seed, progress=False)
-              if num_denovo and config.flow.generate_types else [])
+    truth = (training_dataset(config.data).structures(args.split)[: args.num_csp]
+             if args.num_csp else [])
+    csp = (predict_structures(truth, model, 1, args.steps, seed=args.seed, progress=False)
+           if truth else [])
+    denovo = (sample(model, args.num_denovo, steps=args.steps, seed=args.seed, progress=False)
+              if args.num_denovo and config.flow.generate_types else [])
     return truth, csp, denovo

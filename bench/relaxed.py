@@ -20,7 +20,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from quality import csp_quality, denovo_quality, generated_sets  # noqa: E402 - bench/quality.py
+from quality import (  # noqa: E402 - bench/quality.py
+    add_set_options,
+    csp_quality,
+    denovo_quality,
+    generated_sets,
+)
 
 from autoperi.checkpoint import load_model  # noqa: E402
 from autoperi.generate import relax_generated  # noqa: E402
@@ -40,12 +45,7 @@ def relaxed_figures(made, fmax, steps, pressure) -> tuple[list, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="mp-20")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--num-csp", type=int, default=300)
-    parser.add_argument("--num-denovo", type=int, default=300)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
+    add_set_options(parser)
     parser.add_argument("--fmax", type=float, default=0.1)
     parser.add_argument("--relax-steps", type=int, default=300)
     parser.add_argument("--pressure", type=float, default=0.0, help="GPa (Carbon-24: 10)")
@@ -58,8 +58,7 @@ def main() -> None:
     model, config = load_model(args.model)
     row = {"model": args.model, "split": args.split, "steps": args.steps, "seed": args.seed,
            "fmax": args.fmax, "relax_steps": args.relax_steps, "pressure_gpa": args.pressure}
-    truth, csp, denovo = generated_sets(model, config, args.split, args.num_csp,
-                                        args.num_denovo, args.steps, args.seed)
+    truth, csp, denovo = generated_sets(model, config, args)
     if truth:
         relaxed, figures = relaxed_figures(csp, args.fmax, args.relax_steps, args.pressure)
         row["csp"] = {"num": len(truth), "generated": csp_quality(csp, truth),

@@ -18,7 +18,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from quality import csp_quality, denovo_quality, generated_sets  # noqa: E402 - bench/quality.py
+from quality import (  # noqa: E402 - bench/quality.py
+    add_set_options,
+    csp_quality,
+    denovo_quality,
+    generated_sets,
+)
 
 from autoperi.checkpoint import load_model  # noqa: E402
 from autoperi.eval.energy import energies  # noqa: E402
@@ -57,12 +62,7 @@ def scored(made, symprecs, score, with_energies: bool) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="perov-5")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--num-csp", type=int, default=300)
-    parser.add_argument("--num-denovo", type=int, default=300)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
+    add_set_options(parser)
     parser.add_argument("--symprecs", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.5])
     parser.add_argument("--energies", action="store_true",
                         help="CHGNet energy per atom before and after, paired")
@@ -70,8 +70,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, config = load_model(args.model)
-    truth, csp, denovo = generated_sets(model, config, args.split, args.num_csp,
-                                        args.num_denovo, args.steps, args.seed)
+    truth, csp, denovo = generated_sets(model, config, args)
     row = {"model": args.model, "split": args.split, "steps": args.steps, "seed": args.seed}
     if truth:
         row["csp"] = scored(csp, args.symprecs, lambda s: csp_quality(s, truth), args.energies)

@@ -109,8 +109,7 @@ def test_compositional_validity_agrees_with_brute_force_and_scales():
 def test_space_groups_of_known_crystals_and_zero_for_non_finite_ones():
     from autoperi.eval.distribution import space_groups
 
-    salt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"],
-                                     [[0, 0, 0], [0.5, 0.5, 0.5]])
+    salt = canonical_crystals()["rocksalt_NaCl"]
     rutile = Structure.from_spacegroup("P4_2/mnm", Lattice.tetragonal(4.59, 2.96),
                                        ["Ti", "O"], [[0, 0, 0], [0.305, 0.305, 0]])
     broken = Structure(Lattice.cubic(4.0), ["Na"], [[np.nan, 0, 0]])  # spglib would segfault

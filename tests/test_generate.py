@@ -18,6 +18,7 @@ from autoperi.generate import (
     sample,
 )
 from autoperi.geometry.clash import ClashFloor
+from autoperi.testing import canonical_crystals
 from autoperi.train import train
 
 SAMPLE = Path(__file__).parent / "data" / "mp20_sample.csv"
@@ -215,7 +216,8 @@ def test_relax_generated_relaxes_in_order_and_keeps_what_it_cannot_relax():
     assert pressed[0].volume < 0.9 * out[0].volume
 
 
-def test_cli_csp_relax_writes_energies_and_records_the_relaxation(run, tmp_path, capsys):
+def test_cli_csp_relax_writes_energies_and_records_the_relaxation(run, tmp_path, capsys,
+                                                                 monkeypatch):
     pytest.importorskip("chgnet")
     formulas = tmp_path / "f.txt"
     formulas.write_text("NaCl\nMgO\n")
@@ -227,8 +229,15 @@ def test_cli_csp_relax_writes_energies_and_records_the_relaxation(run, tmp_path,
     assert main(["csp", str(formulas), "--model", str(run), "--steps", "2", "--out", str(out),
                  "--relax-pressure", "10"]) == 2
     assert "--relax-pressure need --relax" in capsys.readouterr().err and not out.exists()
+    import autoperi.generate
+
+    calls = []  # what the CLI hands the relaxation, not only what it records
+    relax_generated = autoperi.generate.relax_generated
+    monkeypatch.setattr(autoperi.generate, "relax_generated",
+                        lambda *a, **k: calls.append((a, k)) or relax_generated(*a, **k))
     assert main(["csp", str(formulas), "--model", str(run), "--steps", "2", "--out", str(out),
                  "--relax", "--relax-steps", "2", "--relax-pressure", "10"]) == 0
+    assert calls[0][0][2] == 2 and calls[0][1]["pressure"] == 10
     meta = json.loads(Path(f"{out}.meta.json").read_text())
     assert meta["relax"]["max_steps"] == 2 and meta["relax"]["potential"] == "CHGNet"
     assert meta["relax"]["pressure_gpa"] == 10
@@ -240,14 +249,6 @@ def test_cli_csp_relax_writes_energies_and_records_the_relaxation(run, tmp_path,
                                              for s in relaxed)
 
 
-def rock_salt():
-    """Rock salt, conventional cell: no free parameter, so snapping can remove all noise."""
-    from pymatgen.core import Lattice, Structure
-
-    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"],
-                                     [[0, 0, 0], [0.5, 0.5, 0.5]])
-
-
 def test_symmetrize_generated_snaps_noise_away_and_keeps_what_it_cannot_snap():
     from pymatgen.analysis.structure_matcher import StructureMatcher
     from pymatgen.core import Lattice, Structure
@@ -255,7 +256,8 @@ def test_symmetrize_generated_snaps_noise_away_and_keeps_what_it_cannot_snap():
 
     from autoperi.generate import symmetrize_generated
 
-    salt = rock_salt()
+    # conventional cell: no free parameter, so snapping can remove all the noise
+    salt = canonical_crystals()["rocksalt_NaCl"]
     noise = np.random.default_rng(0).normal(0, 0.02, (len(salt), 3))
     noisy = Structure(salt.lattice, salt.species, salt.cart_coords + noise,
                       coords_are_cartesian=True)
@@ -299,7 +301,8 @@ def test_symmetrize_generated_is_self_consistent_on_strained_noisy_cells():
 
     from autoperi.generate import symmetrize_generated
 
-    salt = rock_salt()
+    # conventional cell: no free parameter, so snapping can remove all the noise
+    salt = canonical_crystals()["rocksalt_NaCl"]
     rng = np.random.default_rng(0)
     crystals = []
     for _ in range(100):

@@ -214,8 +214,8 @@ def add_clash_options(p) -> None:
 
 
 def _check_relax_options(args) -> None:
-    """--relax-fmax / --relax-steps act only with --relax: refuse them without it (before
-    any sampling), else fill in their defaults."""
+    """--relax-fmax / --relax-steps / --relax-pressure act only with --relax: refuse them
+    without it (before any sampling), else fill in their defaults."""
     tuning = [f"--relax-{name}" for name, value in (("fmax", args.relax_fmax),
                                                    ("steps", args.relax_steps),
                                                    ("pressure", args.relax_pressure))

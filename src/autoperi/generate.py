@@ -186,10 +186,10 @@ def symmetrize_generated(structures: Sequence[Structure],
     atom stays put; the atoms, their order and the cell's orientation stay. Each carries its
     properties plus spacegroup (the international number it has afterwards) and
     symmetrize_max_shift (Å: the largest move of an atom relative to the cell, the rigid
-    translation removed). A structure that is not
-    finite and ordered, that spglib cannot take or snap consistently, or whose snapped form
-    has atoms closer than structural validity allows, is kept as generated with
-    symmetrize_problem saying why; the others go on. It removes noise; it cannot create
+    translation removed). A structure that is not finite and ordered, that spglib cannot
+    take or snap consistently, or whose snapped form has atoms closer than structural
+    validity allows, is kept as generated with symmetrize_problem saying why; the others go
+    on. It removes noise; it cannot create
     symmetry the model did not almost make (BENCHMARKS.md, "Symmetrized samples")."""
     out = []
     for given in structures:

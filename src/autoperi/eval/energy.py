@@ -505,7 +505,7 @@ def relax(structures: Sequence[Structure], fmax: float = 0.1, steps: int = 500,
 
 def _relax_step(flight: _Flight, structures, pot: Potential, fmax: float, max_steps: int,
                 relax_cell: bool, fire: FireParams, result: dict,
-                pressure: float = 0.0) -> np.ndarray:
+                pressure: float) -> np.ndarray:
     """Evaluate every structure in flight once, record the finished ones, step the rest
     (`pressure` in eV/Å^3). Returns the finished mask [B]."""
     b = len(flight)
